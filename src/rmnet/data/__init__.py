@@ -1,0 +1,1 @@
+"""Data: ISIC 2019, folders of images, the embedded demo data, transforms and splits."""

@@ -1,0 +1,1 @@
+"""Metrics of the paper: classification (rmnet.metrics.classification) and retrieval (.retrieval)."""

@@ -1,0 +1,1 @@
+"""Classification metrics (SPEC §4)."""

@@ -1,0 +1,208 @@
+"""A preset backbone with Rotation Meanout embedded, an optional hash layer and a classifier.
+
+The backbone's modules stay registered at their torchvision paths, so the state_dict keys of
+an RM model are those of the plain network: ImageNet weights load unchanged. RM regions run
+those modules through :func:`rotation_meanout` without owning them.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from rmnet.meanout import RotationMeanout
+from rmnet.models.presets import BackbonePreset
+from rmnet.models.pretrained import load_pretrained
+
+RMSpec = str | Sequence[str] | None
+
+
+class ModuleChain(nn.Module):
+    """Run modules that are registered elsewhere, in order, without owning them."""
+
+    def __init__(self, modules: Sequence[nn.Module]) -> None:
+        super().__init__()
+        self.chain = tuple(modules)  # a tuple is not registered: no parameters, no state_dict keys
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for module in self.chain:
+            x = module(x)
+        return x
+
+    def owned_copy(self) -> nn.Sequential:
+        """An independent copy that owns its modules (RM-NWS branches need their own weights)."""
+        return nn.Sequential(*(copy.deepcopy(m) for m in self.chain))
+
+
+def parse_rm_spec(spec: RMSpec, preset: BackbonePreset) -> list[tuple[int, int]]:
+    """Turn an RM position into regions: inclusive (first, last) indices into stem + blocks.
+
+    "5-8" strict RM over blocks 5..8; "relaxed:5" RM around block 5 only; "C-E" uses the
+    backbone's block groups; "paper" the paper's position; "all" the whole trunk (invariance
+    to rotations of the image itself); a list of module paths gives each path its own RM.
+    """
+    if spec is None or spec == "none":
+        return []
+    plan = (*preset.stem, *preset.blocks)
+    offset = len(preset.stem)
+    if isinstance(spec, str):
+        if spec == "paper":
+            return parse_rm_spec(preset.paper_rm, preset)
+        if spec == "all":
+            return [(0, len(plan) - 1)]
+        relaxed = spec.startswith("relaxed:")
+        body = spec.removeprefix("relaxed:")
+        first, _, last = body.partition("-")
+        lo, hi = _block_range(first.strip(), preset), _block_range((last or first).strip(), preset)
+        start, end = lo[0], hi[1]
+        if relaxed and last:
+            return [(offset + b - 1, offset + b - 1) for b in range(start, end + 1)]
+        if start > end:
+            raise ValueError(f"RM position {spec!r}: block {first} comes after block {last}")
+        return [(offset + start - 1, offset + end - 1)]
+    regions = []
+    for path in spec:
+        covered = [i for i, p in enumerate(plan) if p == path or p.startswith(path + ".")]
+        if not covered:
+            raise ValueError(
+                f"module path {path!r} is not a block of {preset.name}; blocks are: {', '.join(plan)}"
+            )
+        regions.append((covered[0], covered[-1]))
+    return regions
+
+
+def _block_range(token: str, preset: BackbonePreset) -> tuple[int, int]:
+    if token in preset.block_groups:
+        return preset.block_groups[token]
+    if token.isdigit() and 1 <= int(token) <= len(preset.blocks):
+        return int(token), int(token)
+    names = ", ".join(preset.block_groups) or f"1..{len(preset.blocks)}"
+    raise ValueError(
+        f"unknown block {token!r} for {preset.name}: use block numbers 1..{len(preset.blocks)}"
+        + (f" or module types {names}" if preset.block_groups else "")
+        + ", e.g. rm='"
+        + preset.paper_rm
+        + "'"
+    )
+
+
+class RMNet(nn.Module):
+    """Backbone (+ RM regions) → global average pool → [hash layer] → classifier."""
+
+    def __init__(
+        self,
+        preset: BackbonePreset,
+        num_classes: int,
+        rm: RMSpec = None,
+        k: int = 4,
+        fusion: str = "mean",
+        *,
+        dihedral: bool = False,
+        rotate: bool = True,
+        share_weights: bool = True,
+        hash_bits: int | None = None,
+        weights: str | os.PathLike | None = None,
+        **build_kwargs,
+    ) -> None:
+        super().__init__()
+        self.preset = preset
+        plain = preset.build(**build_kwargs)
+        for name, child in plain.named_children():
+            self.add_module(name, child)
+        if weights is not None and preset.input_transform is not None:
+            self.input_transform = _Lambda(preset.input_transform)
+
+        classifier = self.get_submodule(preset.classifier)
+        self.num_features = classifier.in_features
+        self.hash_bits = hash_bits
+        self.hash = nn.Linear(self.num_features, hash_bits) if hash_bits else None
+        self.set_submodule(preset.classifier, nn.Linear(hash_bits or self.num_features, num_classes))
+        self.num_classes = num_classes
+        if weights is not None:  # before RM is built, so RM-NWS branches copy the loaded weights
+            load_pretrained(self, weights, preset.classifier)
+
+        self.rm_spec = rm
+        self.rm_options = dict(
+            k=k, fusion=fusion, dihedral=dihedral, rotate=rotate, share_weights=share_weights
+        )
+        self.regions = parse_rm_spec(rm, preset)
+        self.rm = nn.ModuleList()
+        self._build_trunk()
+
+    def _build_trunk(self) -> None:
+        """Lay out the forward pass: stem + blocks, with RM around each region."""
+        plan = [self.get_submodule(p) for p in (*self.preset.stem, *self.preset.blocks)]
+        steps: list[nn.Module] = [self.input_transform] if hasattr(self, "input_transform") else []
+        regions = sorted(self.regions)
+        for (_, b), (c, _) in zip(regions, regions[1:], strict=False):
+            if c <= b:
+                raise ValueError(f"RM regions overlap: {self.rm_spec!r}")
+        channels = self._region_channels(regions) if self.rm_options["fusion"] == "embedding" else {}
+        i = 0
+        for a, b in regions:
+            steps.extend(plan[i:a])
+            region = RotationMeanout(
+                ModuleChain(plan[a : b + 1]), channels=channels.get((a, b)), **self.rm_options
+            )
+            self.rm.append(region)
+            steps.append(region)
+            i = b + 1
+        steps.extend(plan[i:])
+        self._trunk = tuple(steps)  # unregistered: the modules live at their backbone paths
+
+    def _region_channels(self, regions: list[tuple[int, int]]) -> dict[tuple[int, int], int]:
+        """Output channels of each region, found by a dry run (needed by embedding fusion)."""
+        plan = [self.get_submodule(p) for p in (*self.preset.stem, *self.preset.blocks)]
+        size = self.preset.min_input_size
+        x = torch.zeros(2, 3, size, size)
+        out, was_training = {}, self.training
+        self.eval()
+        with torch.no_grad():
+            for i, module in enumerate(plan):
+                x = module(x)
+                out.update({r: x.shape[1] for r in regions if r[1] == i})
+        self.train(was_training)
+        return out
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled features (B, num_features): rotation-invariant after a strict RM region."""
+        for step in self._trunk:
+            x = step(x)
+        return x.mean(dim=(-2, -1))
+
+    def forward_codes(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(codes, logits): codes are the hash layer's output, or the pooled features."""
+        codes = self.forward_features(x)
+        if self.hash is not None:
+            codes = self.hash(codes)
+        logits = codes
+        for path in self.preset.head:
+            logits = self.get_submodule(path)(logits)
+        return codes, logits
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_codes(x)[1]
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The retrieval code (B, hash_bits), or pooled features when there is no hash layer."""
+        return self.forward_codes(x)[0]
+
+    def rm_regions(self) -> list[tuple[str, str]]:
+        """(first, last) module paths of each RM region, for display and checks."""
+        plan = (*self.preset.stem, *self.preset.blocks)
+        return [(plan[a], plan[b]) for a, b in self.regions]
+
+
+class _Lambda(nn.Module):
+    """A stateless function as a module (so it can sit in the trunk)."""
+
+    def __init__(self, fn) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x)

@@ -1,0 +1,1 @@
+"""Retrieval: deep-hashing objectives, codes, a persistent index and search."""
