@@ -17,10 +17,10 @@ import torch.nn.functional as F
 
 def rotate(x: torch.Tensor, angle: float) -> torch.Tensor:
     """Rotate the last two axes of ``x`` counterclockwise by ``angle`` degrees about the centre."""
-    quarter_turns, remainder = divmod(angle, 90.0)
-    if math.isclose(remainder, 0.0, abs_tol=1e-9) or math.isclose(remainder, 90.0, abs_tol=1e-9):
-        turns = int(round(angle / 90.0)) % 4
-        if turns and x.shape[-1] != x.shape[-2]:
+    turns = round(angle / 90.0)
+    if math.isclose(angle, 90.0 * turns, abs_tol=1e-9):
+        turns %= 4
+        if turns % 2 and x.shape[-1] != x.shape[-2]:
             raise ValueError(
                 f"cannot rotate a non-square feature map of shape {tuple(x.shape)} by {angle:g}° "
                 "exactly; crop or resize the input to a square (H == W) first"

@@ -1,5 +1,6 @@
 """Models: the paper's backbones with RM embedded, behind one factory."""
 
+from rmnet.models import gcnn, ti_pooling  # noqa: F401  (registers gcnn_*, ti_pooling_*)
 from rmnet.models.factory import create_model, list_models, register_model
 from rmnet.models.presets import PRESETS, BackbonePreset
 from rmnet.models.rmnet import RMNet, parse_rm_spec

@@ -1,0 +1,175 @@
+"""A group-equivariant CNN (Cohen & Welling, 2016) built from scratch, as in the source blog.
+
+Feature maps on the group are tensors (B, C, |G|, H, W): one plane per group element. An
+element g acts on them by moving every plane (g·f)(h, x) = f(g⁻¹h, g⁻¹x): the planes rotate
+spatially and the group axis is permuted. A lifting convolution turns an image into such maps
+(one transformed copy of each kernel per element); group convolutions map them to new ones
+(the kernel is itself a function on the group, transformed the same way). Both commute with
+the action, so pooling over space and the group axis leaves features invariant to G.
+
+Only groups whose elements permute pixels exactly (C_1, C_2, C_4, D_1, D_2, D_4) are allowed:
+a 5×5 kernel rotated by 45° is not a 5×5 kernel.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rmnet.groups import CyclicGroup, DihedralGroup, act_all
+from rmnet.models.factory import register_model
+
+
+def act_on_group_maps(group: CyclicGroup, f: torch.Tensor, g: int) -> torch.Tensor:
+    """The regular action g·f on maps (…, |G|, H, W): plane h of the result is g·f[g⁻¹h]."""
+    if f.shape[-3] != group.order:
+        raise ValueError(
+            f"group axis (dim -3) has size {f.shape[-3]}, but {group} has {group.order} elements"
+        )
+    source = [group.compose(group.inverse(g), h) for h in group.elements]
+    return group.act(f[..., source, :, :], g)
+
+
+def _check_exact(group: CyclicGroup) -> None:
+    if not group.is_exact:
+        raise ValueError(
+            f"{group} does not act on the pixel grid exactly (its rotations are not multiples of 90°); "
+            "group convolutions here need k in (1, 2, 4)"
+        )
+
+
+class LiftingConvolution(nn.Module):
+    """Image (B, C_in, H, W) → group maps (B, C_out, |G|, H', W'): one g-transformed kernel per g."""
+
+    def __init__(
+        self, group: CyclicGroup, in_channels: int, out_channels: int, kernel_size: int = 5, padding: int = 0
+    ) -> None:
+        super().__init__()
+        _check_exact(group)
+        self.group, self.padding = group, padding
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
+        self.bias = nn.Parameter(torch.empty(out_channels))  # one per channel, shared by every g
+        _reset_parameters(self.weight, self.bias)
+
+    def transformed_weight(self) -> torch.Tensor:
+        """(C_out·|G|, C_in, k, k): output channel c, element g holds g·weight[c]."""
+        stacked = act_all(self.group, self.weight)  # (|G|, C_out, C_in, k, k)
+        return stacked.transpose(0, 1).flatten(0, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = self.group.order
+        bias = self.bias.repeat_interleave(n)
+        y = F.conv2d(x, self.transformed_weight(), bias, padding=self.padding)
+        return y.unflatten(1, (-1, n))  # (B, C_out, |G|, H', W')
+
+    def extra_repr(self) -> str:
+        c_out, c_in, k, _ = self.weight.shape
+        return f"{self.group}, {c_in}, {c_out}, kernel_size={k}, padding={self.padding}"
+
+
+class GroupConvolution(nn.Module):
+    """Group maps (B, C_in, |G|, H, W) → (B, C_out, |G|, H', W'); the kernel lives on G × R²."""
+
+    def __init__(
+        self, group: CyclicGroup, in_channels: int, out_channels: int, kernel_size: int = 5, padding: int = 0
+    ) -> None:
+        super().__init__()
+        _check_exact(group)
+        self.group, self.padding = group, padding
+        shape = (out_channels, in_channels, group.order, kernel_size, kernel_size)
+        self.weight = nn.Parameter(torch.empty(shape))
+        self.bias = nn.Parameter(torch.empty(out_channels))
+        _reset_parameters(self.weight, self.bias)
+
+    def transformed_weight(self) -> torch.Tensor:
+        """(C_out·|G|, C_in·|G|, k, k): output (c, g) holds g·weight[c], its group axis permuted."""
+        stacked = torch.stack([act_on_group_maps(self.group, self.weight, g) for g in self.group.elements])
+        return stacked.transpose(0, 1).flatten(0, 1).flatten(1, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = self.group.order
+        if x.dim() != 5 or x.shape[2] != n:
+            raise ValueError(f"GroupConvolution expects (B, C, {n}, H, W) group maps, got {tuple(x.shape)}")
+        bias = self.bias.repeat_interleave(n)
+        y = F.conv2d(x.flatten(1, 2), self.transformed_weight(), bias, padding=self.padding)
+        return y.unflatten(1, (-1, n))
+
+    def extra_repr(self) -> str:
+        c_out, c_in, _, k, _ = self.weight.shape
+        return f"{self.group}, {c_in}, {c_out}, kernel_size={k}, padding={self.padding}"
+
+
+def _reset_parameters(weight: nn.Parameter, bias: nn.Parameter) -> None:
+    """nn.Conv2d's initialisation; fan-in counts the group axis of a group kernel."""
+    nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
+    fan_in = weight[0].numel()
+    nn.init.uniform_(bias, -1 / math.sqrt(fan_in), 1 / math.sqrt(fan_in))
+
+
+def group_layer_norm(x: torch.Tensor) -> torch.Tensor:
+    """Layer norm over (C, |G|, H, W) without affine weights, as in the source: it commutes with G."""
+    return F.layer_norm(x, x.shape[1:])
+
+
+class GroupEquivariantCNN(nn.Module):
+    """Lifting conv → ``depth`` group convs (each with layer norm and ReLU) → mean over G and space → linear.
+
+    The pooled features, codes and logits are invariant to the group acting on the input image.
+    """
+
+    def __init__(
+        self,
+        group: CyclicGroup,
+        num_classes: int = 10,
+        *,
+        in_chans: int = 3,
+        width: int = 16,
+        depth: int = 4,
+        kernel_size: int = 5,
+        padding: int = 0,
+        hash_bits: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.group = group
+        self.lifting = LiftingConvolution(group, in_chans, width, kernel_size, padding)
+        self.convs = nn.ModuleList(
+            GroupConvolution(group, width, width, kernel_size, padding) for _ in range(depth)
+        )
+        self.num_features, self.hash_bits, self.num_classes = width, hash_bits, num_classes
+        self.hash = nn.Linear(width, hash_bits) if hash_bits else None
+        self.fc = nn.Linear(hash_bits or width, num_classes)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled features (B, width), invariant to the group."""
+        for conv in (self.lifting, *self.convs):
+            x = F.relu(group_layer_norm(conv(x)))
+        return x.mean(dim=(-3, -2, -1))
+
+    def forward_codes(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(codes, logits): codes are the hash layer's output, or the pooled features."""
+        codes = self.forward_features(x)
+        if self.hash is not None:
+            codes = self.hash(codes)
+        return codes, self.fc(codes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_codes(x)[1]
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The retrieval code (B, hash_bits), or pooled features when there is no hash layer."""
+        return self.forward_codes(x)[0]
+
+
+@register_model("gcnn_c4")
+def gcnn_c4(num_classes: int = 8, **kwargs) -> GroupEquivariantCNN:
+    """The source blog's C4 GCNN: 5×5 kernels, 16 channels, 4 group convolutions."""
+    return GroupEquivariantCNN(CyclicGroup(4), num_classes, **kwargs)
+
+
+@register_model("gcnn_d4")
+def gcnn_d4(num_classes: int = 8, **kwargs) -> GroupEquivariantCNN:
+    """The same over D4 (rotations and mirror images): dermoscopy has no handedness either."""
+    return GroupEquivariantCNN(DihedralGroup(4), num_classes, **kwargs)

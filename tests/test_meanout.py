@@ -1,0 +1,193 @@
+"""RotationMeanout: equivariance for every group element, fusion and mode; the paper's ablations."""
+
+import itertools
+
+import pytest
+import torch
+from torch import nn
+from torchvision.models.resnet import BasicBlock
+
+from rmnet import RotationMeanout, embed_rotation_meanout
+from rmnet.groups import make_group
+
+
+def conv_bn_block() -> nn.Module:
+    """Stride, padding and BatchNorm: not equivariant on its own (stride-2 grids shift)."""
+    return nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+
+
+def residual_block() -> nn.Module:
+    """torchvision's BasicBlock with a strided, projecting shortcut."""
+    down = nn.Sequential(nn.Conv2d(3, 8, 1, stride=2, bias=False), nn.BatchNorm2d(8))
+    return BasicBlock(3, 8, stride=2, downsample=down)
+
+
+def two_blocks() -> nn.Module:
+    return nn.Sequential(residual_block(), BasicBlock(8, 8))
+
+
+BLOCKS = {"conv_bn": conv_bn_block, "residual": residual_block, "two_blocks": two_blocks}
+
+
+def perturb_batchnorm(module: nn.Module) -> nn.Module:
+    """Give BatchNorm non-trivial statistics and affine parameters, so eval mode tests something."""
+    torch.manual_seed(1)
+    for m in module.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            nn.init.uniform_(m.weight, 0.5, 1.5)
+            nn.init.uniform_(m.bias, -0.5, 0.5)
+    return module
+
+
+@pytest.mark.parametrize("block_name", list(BLOCKS))
+@pytest.mark.parametrize("fusion", ["mean", "max"])
+@pytest.mark.parametrize("dihedral", [False, True], ids=["C4", "D4"])
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_rm_is_equivariant_for_every_group_element(block_name, fusion, dihedral, mode):
+    torch.manual_seed(0)
+    rm = RotationMeanout(perturb_batchnorm(BLOCKS[block_name]()), k=4, fusion=fusion, dihedral=dihedral)
+    rm.train(mode == "train")
+    x = torch.randn(3, 3, 12, 12)
+    y = rm(x)
+    for g in rm.group.elements:
+        assert torch.allclose(rm(rm.group.act(x, g)), rm.group.act(y, g), atol=1e-5), g
+
+
+@pytest.mark.parametrize("fusion", ["mean", "max"])
+def test_global_average_pool_after_rm_is_rotation_invariant(fusion):
+    rm = RotationMeanout(perturb_batchnorm(two_blocks()), fusion=fusion).eval()
+    x = torch.randn(2, 3, 16, 16)
+    pooled = rm(x).mean(dim=(-2, -1))
+    for quarter_turns in range(1, 4):
+        rotated = torch.rot90(x, quarter_turns, dims=(-2, -1))
+        assert torch.allclose(rm(rotated).mean(dim=(-2, -1)), pooled, atol=1e-5)
+
+
+def test_a_plain_block_is_not_equivariant_so_the_tests_above_mean_something():
+    block = perturb_batchnorm(two_blocks()).eval()
+    x = torch.randn(2, 3, 16, 16)
+    error = (block(torch.rot90(x, 1, (-2, -1))) - torch.rot90(block(x), 1, (-2, -1))).abs().max()
+    assert error > 1e-2
+
+
+@pytest.mark.parametrize("fusion", ["mean", "max"])
+def test_mean_and_max_fusion_add_no_parameter_and_keep_the_output_shape(fusion):
+    block = residual_block()
+    rm = RotationMeanout(block, fusion=fusion)
+    assert sum(p.numel() for p in rm.parameters()) == sum(p.numel() for p in block.parameters())
+    x = torch.randn(2, 3, 10, 10)
+    assert rm(x).shape == block(x).shape == (2, 8, 5, 5)
+
+
+def test_embedding_fusion_adds_a_1x1_conv_that_starts_as_the_mean():
+    torch.manual_seed(0)
+    block = perturb_batchnorm(residual_block()).eval()
+    mean_rm = RotationMeanout(block, fusion="mean").eval()
+    emb_rm = RotationMeanout(block, fusion="embedding", channels=8).eval()
+    added = sum(p.numel() for p in emb_rm.parameters()) - sum(p.numel() for p in block.parameters())
+    assert added == 4 * 8 * 8 + 8
+    x = torch.randn(2, 3, 10, 10)
+    assert torch.allclose(emb_rm(x), mean_rm(x), atol=1e-5)
+    with pytest.raises(ValueError, match="channels"):
+        RotationMeanout(block, fusion="embedding")
+
+
+def test_batched_copies_equal_one_call_per_rotation_in_eval_mode():
+    block = perturb_batchnorm(two_blocks()).eval()
+    rm = RotationMeanout(block).eval()
+    x = torch.randn(2, 3, 12, 12)
+    one_by_one = torch.stack(
+        [torch.rot90(block(torch.rot90(x, i, (-2, -1))), -i, (-2, -1)) for i in range(4)]
+    )
+    assert torch.allclose(rm(x), one_by_one.mean(0), atol=1e-6)
+
+
+def test_batchnorm_updates_its_running_statistics_once_per_step():
+    block = conv_bn_block()
+    rm = RotationMeanout(block).train()
+    rm(torch.randn(2, 3, 8, 8))
+    assert block[1].num_batches_tracked.item() == 1
+
+
+def test_no_rotation_ablation_rm_wr_equals_the_plain_block_and_is_not_equivariant():
+    block = perturb_batchnorm(two_blocks()).eval()
+    wr = RotationMeanout(block, rotate=False).eval()
+    x = torch.randn(2, 3, 12, 12)
+    assert torch.allclose(wr(x), block(x), atol=1e-6)
+    rotated = torch.rot90(x, 1, (-2, -1))
+    assert (wr(rotated) - torch.rot90(wr(x), 1, (-2, -1))).abs().max() > 1e-2
+
+
+def test_no_weight_sharing_ablation_rm_nws_has_k_independent_copies():
+    block = perturb_batchnorm(residual_block()).eval()
+    nws = RotationMeanout(block, share_weights=False).eval()
+    block_params = sum(p.numel() for p in block.parameters())
+    assert sum(p.numel() for p in nws.parameters()) == 4 * block_params
+    x = torch.randn(2, 3, 10, 10)
+    assert torch.allclose(nws(x), RotationMeanout(block).eval()(x), atol=1e-6)  # equal at the start
+    with torch.no_grad():
+        for p in nws.extra_branches[0].parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    rotated = torch.rot90(x, 1, (-2, -1))
+    assert (nws(rotated) - torch.rot90(nws(x), 1, (-2, -1))).abs().max() > 1e-3
+    nws.train()
+    nws(x).sum().backward()
+    assert all(p.grad is not None for p in nws.extra_branches.parameters())
+
+
+# Measured relative equivariance error of interpolated RM (see docs/meanout.md), with margin.
+INTERPOLATED_BOUND = {6: 0.10, 8: 0.10}
+
+
+@pytest.mark.parametrize("k", [6, 8])
+def test_interpolated_rm_is_equivariant_within_the_documented_bound(k):
+    torch.manual_seed(0)
+    block = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1)).eval()
+    rm = RotationMeanout(block, k=k).eval()
+    x = torch.nn.functional.avg_pool2d(torch.randn(2, 3, 36, 36), 3, 1, 1)  # smooth maps, as in a CNN
+    y = rm(x)
+    assert y.shape == block(x).shape
+    inner = slice(6, -6)  # compare away from the border the rotated square cuts off
+    for g in list(rm.group.elements)[1:]:
+        lhs, rhs = rm(rm.group.act(x, g)), rm.group.act(y, g)
+        err = (lhs - rhs)[..., inner, inner].abs().mean() / rhs[..., inner, inner].abs().mean()
+        assert err < INTERPOLATED_BOUND[k], (g, err)
+
+
+def test_interpolated_rm_keeps_content_at_the_corners():
+    """Zero-padding before rotating means the corners survive the round trip."""
+    rm = RotationMeanout(nn.Identity(), k=8).eval()
+    x = torch.ones(1, 1, 16, 16)
+    corner = rm(x)[0, 0, 0, 0]
+    assert corner > 0.7
+
+
+def test_rm_on_a_non_square_map_names_the_shape_and_the_fix():
+    rm = RotationMeanout(nn.Identity())
+    with pytest.raises(ValueError, match=r"square feature maps.*\(1, 2, 6, 8\)"):
+        rm(torch.zeros(1, 2, 6, 8))
+    with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
+        rm(torch.zeros(2, 6, 6))
+
+
+def test_unknown_fusion_is_rejected():
+    with pytest.raises(ValueError, match="unknown fusion 'sum'"):
+        RotationMeanout(nn.Identity(), fusion="sum")
+
+
+def test_embed_rotation_meanout_wraps_modules_of_any_cnn_by_path():
+    model = nn.Sequential(conv_bn_block(), nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU()))
+    embed_rotation_meanout(model, ["1"], k=4)
+    assert isinstance(model[1], RotationMeanout)
+    with pytest.raises(ValueError, match="no module 'nope'"):
+        embed_rotation_meanout(model, ["nope"])
+
+
+def test_group_elements_match_k_and_the_dihedral_option():
+    assert len(list(RotationMeanout(nn.Identity(), k=4).group.elements)) == 4
+    assert len(list(RotationMeanout(nn.Identity(), k=4, dihedral=True).group.elements)) == 8
+    group = make_group(4, dihedral=True)
+    for a, b in itertools.product(group.elements, repeat=2):
+        assert 0 <= group.compose(a, b) < 8
