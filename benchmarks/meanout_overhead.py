@@ -9,17 +9,16 @@ writes results/meanout_overhead/table.md and table.csv.
 from __future__ import annotations
 
 import argparse
-import csv
-import platform
 import statistics
 import time
-from datetime import date
 from pathlib import Path
 
+import pandas as pd
 import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock
 
+from benchmarks import machine_description, save_table
 from rmnet import RotationMeanout
 from rmnet.meanout import MeanFusion
 
@@ -88,26 +87,12 @@ def main(argv: list[str] | None = None) -> None:
                 "expansion + realignment + fusion ms": 1e3 * (t["expansion"] + t["realign_fusion"]),
             }
         )
-    args.out.mkdir(parents=True, exist_ok=True)
-    header = list(rows[0])
-    with open(args.out / "table.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, header)
-        writer.writeheader()
-        writer.writerows(rows)
-    lines = [
-        f"Measured {date.today()} on {platform.processor() or platform.machine()}, "
-        f"{torch.get_num_threads()} threads, torch {torch.__version__}, eval mode, batch 8; "
-        f"medians of {args.repeats} interleaved repetitions.",
-        "",
-        "| " + " | ".join(header) + " |",
-        "|" + "---|" * len(header),
-    ]
-    for row in rows:
-        lines.append(
-            "| " + " | ".join(f"{v:.2f}" if isinstance(v, float) else v for v in row.values()) + " |"
-        )
-    (args.out / "table.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    caption = (
+        f"RM overhead, eval mode, batch 8, medians of {args.repeats} interleaved repetitions "
+        f"({machine_description()})."
+    )
+    save_table(pd.DataFrame(rows), args.out, "table", caption)
+    print((args.out / "table.md").read_text())
 
 
 if __name__ == "__main__":

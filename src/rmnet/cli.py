@@ -1,0 +1,342 @@
+"""The ``rmnet`` command line: prepare, train, evaluate, demo (and the retrieval commands).
+
+    rmnet demo                                     train a plain and an RM model on embedded data
+    rmnet train --data DIR --arch resnet18 --rm 5-8 --out runs/rm18
+    rmnet evaluate runs/rm18                       report.json, report.md and figures in runs/rm18/report
+
+Every TrainConfig field is an option of ``rmnet train`` (its help text lives beside the field in
+rmnet/config.py). Bad input ends with one line on stderr and exit status 1; ``--traceback`` shows
+the full stack. Heavy modules are imported inside the commands so that ``--help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import typing
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from rmnet.config import TrainConfig
+from rmnet.retrieval.cli import add_commands as add_retrieval_commands
+
+EXIT_USER_ERROR = 1
+EXIT_INTERRUPTED = 130
+
+
+class DefaultsFormatter(argparse.HelpFormatter):
+    """Show "(default: …)" for options that have a meaningful default (not for flags or None)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if any(action.default is v for v in (None, True, False, argparse.SUPPRESS)) or "default:" in text:
+            return text
+        default = " ".join(map(str, action.default)) if isinstance(action.default, list) else action.default
+        return f"{text} (default: {default})"
+
+
+# rmnet prepare
+
+
+def add_prepare_command(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "prepare",
+        help="resize a data set once into a cache folder (faster training)",
+        formatter_class=DefaultsFormatter,
+        description="Read a data set (ISIC 2019 folder, folder of class folders, or CSV of path,label) "
+        "and write a copy of every image with its short edge resized, for `rmnet train --data DATA "
+        "--cache OUT`. The short edge must match training: 256 for --image-size 224. Resumable: run it "
+        "again after an interruption.",
+    )
+    parser.add_argument("data", help="ISIC 2019 folder, folder with one sub-folder per class, or CSV")
+    parser.add_argument("--out", required=True, help="cache folder to write")
+    parser.add_argument("--short-edge", type=int, default=256, help="short edge of the cached images")
+    parser.add_argument("--ground-truth", help="ISIC ground-truth CSV (default: found in DATA)")
+    parser.add_argument("--metadata", help="ISIC metadata CSV with lesion_id (default: found in DATA)")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel image workers")
+    parser.set_defaults(run=run_prepare)
+
+
+def run_prepare(args: argparse.Namespace) -> None:
+    from rmnet.data import load_image_table, prepare_cache
+
+    table = load_image_table(args.data, ground_truth=args.ground_truth, metadata=args.metadata)
+    cached = prepare_cache(table, args.out, short_edge=args.short_edge, workers=args.workers)
+    print(f"{len(cached)} images in {len(cached.class_names)} classes cached in {args.out}")
+    print(f"next: rmnet train --data {args.data} --cache {args.out} --out runs/NAME")
+
+
+# rmnet train
+
+
+def add_train_command(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "train",
+        help="train a model; writes a run folder",
+        description="Train a classifier with the paper's recipe (every default below) and write a run "
+        "folder: config.json, split.json, metrics.csv, checkpoints/best.pt and last.pt. Several GPUs: "
+        "torchrun --nproc-per-node N -m rmnet train ...",
+        formatter_class=DefaultsFormatter,
+    )
+    parser.add_argument(
+        "--out", required=True, help="run folder to write (with --seeds: one sub-folder per seed)"
+    )
+    parser.add_argument("--config", help="TrainConfig JSON to start from (e.g. a run's config.json)")
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted run from last.pt")
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", help="train once per seed into OUT/seed-S (mean ± SD)"
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    fields = parser.add_argument_group("training configuration (rmnet.config.TrainConfig)")
+    add_config_options(fields)
+    parser.set_defaults(run=run_train)
+
+
+def add_config_options(parser: argparse._ActionsContainer) -> None:
+    """One option per TrainConfig field: --image-size for image_size; not given means "keep"."""
+    hints = typing.get_type_hints(TrainConfig)
+    defaults = TrainConfig()
+    for field in dataclasses.fields(TrainConfig):
+        flag = "--" + field.name.replace("_", "-")
+        kind = hints[field.name]
+        options: dict = dict(dest=field.name, default=argparse.SUPPRESS)
+        default = getattr(defaults, field.name)
+        help_text = field.metadata["help"] + (f" (default: {default})" if default not in (None, {}) else "")
+        if kind in (bool, bool | None):
+            options["action"] = argparse.BooleanOptionalAction
+        else:
+            options["type"] = _parser_for(kind)
+            options["metavar"] = field.name.upper()
+        parser.add_argument(flag, help=help_text.replace("%", "%%"), **options)
+
+
+def _parser_for(kind: object) -> Callable[[str], object]:
+    base = next(t for t in typing.get_args(kind) or (kind,) if t is not type(None))
+    optional = type(None) in typing.get_args(kind)
+    if base is dict:
+        return _json_object
+    if optional:
+        return lambda text: None if text.lower() == "none" else base(text)
+    return base
+
+
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"not a JSON object: {text!r} ({err})") from err
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"not a JSON object: {text!r}")
+    return value
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """--config (with --resume: the run's config.json; else the defaults), then the options given."""
+    saved = Path(args.out) / "config.json"
+    if args.config:
+        config = TrainConfig.from_json(args.config)
+    elif args.resume and saved.is_file():
+        config = TrainConfig.from_json(saved)  # `rmnet train --out RUN --resume` needs nothing else
+    else:
+        config = TrainConfig()
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
+    return TrainConfig.from_dict(config.to_dict() | given)
+
+
+def run_train(args: argparse.Namespace) -> None:
+    from rmnet.train import repeat, train
+
+    config = config_from_args(args)
+    if args.seeds:
+        run_dirs = repeat(config, args.out, args.seeds, resume=args.resume, progress=not args.quiet)
+        print(f"{len(run_dirs)} runs in {args.out}; next: rmnet evaluate {args.out}")
+        return
+    result = train(config, args.out, resume=args.resume, progress=not args.quiet)
+    print(f"best checkpoint: {result.best_path}\nnext: rmnet evaluate {args.out}")
+
+
+# rmnet evaluate
+
+
+def add_evaluate_command(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "evaluate",
+        help="metrics, rotation robustness and figures for a run",
+        description="Write report.json, report.md and figures (ROC, confusion matrix, t-SNE, accuracy vs "
+        "rotation, training curves) into RUN_DIR/report. A folder of runs (from --seeds) also gets "
+        "report/summary.md with mean ± SD. A checkpoint file works too, with --data.",
+        formatter_class=DefaultsFormatter,
+    )
+    parser.add_argument("target", help="run folder, folder of runs (--seeds), or a checkpoint .pt file")
+    parser.add_argument("--part", default="test", choices=("train", "val", "test"), help="split part")
+    parser.add_argument("--checkpoint", default="best", choices=("best", "last"), help="which checkpoint")
+    parser.add_argument("--data", help="with a checkpoint file: the images to evaluate on (all of them)")
+    parser.add_argument("--out", help="with a checkpoint file: report folder (default: beside the file)")
+    parser.add_argument(
+        "--angles",
+        nargs="+",
+        type=_angle,
+        default=[90.0, 180.0, 270.0, "random"],
+        help="test rotations (degrees counterclockwise, or random: one seeded angle per image)",
+    )
+    parser.add_argument("--sweep-step", type=float, default=15.0, help="degrees between points of the sweep")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random angles and t-SNE")
+    parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
+    parser.add_argument("--device", default="auto", help="cuda, cpu ...; auto picks CUDA when available")
+    parser.add_argument(
+        "--workers", type=int, default=min(8, os.cpu_count() or 1), help="data-loading workers"
+    )
+    parser.add_argument(
+        "--retrieval-k", type=int, default=10, help="top-k of the retrieval metrics (hash models)"
+    )
+    parser.add_argument("--no-tsne", dest="tsne", action="store_false", help="skip the t-SNE figure")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.set_defaults(run=run_evaluate)
+
+
+def _angle(text: str) -> float | str:
+    if text == "random":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an angle in degrees nor 'random': {text!r}") from None
+
+
+def run_evaluate(args: argparse.Namespace) -> None:
+    from rmnet import evaluate
+
+    options = dict(angles=args.angles, sweep_step=args.sweep_step, seed=args.seed, batch_size=args.batch_size)
+    options |= dict(device=args.device, workers=args.workers, tsne=args.tsne, progress=not args.quiet)
+    target = Path(args.target)
+    if target.is_file():
+        report_dir = evaluate_checkpoint_file(target, args, options)
+        print(f"report: {report_dir / 'report.md'}")
+        return
+    if target.is_dir() and not (target / "config.json").exists() and any(target.glob("*/config.json")):
+        evaluate.evaluate_repeats(
+            target, part=args.part, checkpoint=args.checkpoint, retrieval_k=args.retrieval_k, **options
+        )
+        print(f"summary (mean ± SD): {target / 'report' / 'summary.md'}")
+        return
+    report = evaluate.evaluate_run(
+        target, part=args.part, checkpoint=args.checkpoint, retrieval_k=args.retrieval_k, **options
+    )
+    print(headline_table(report))
+    print(f"report: {target / 'report' / 'report.md'}")
+
+
+def evaluate_checkpoint_file(path: Path, args: argparse.Namespace, options: dict) -> Path:
+    """Evaluate a checkpoint on every image of --data (its classes mapped onto the checkpoint's)."""
+    from rmnet.data import ImageDataset, build_transform, load_image_table
+    from rmnet.evaluate import evaluate_model
+    from rmnet.runs import load_checkpoint
+
+    if args.data is None:
+        raise ValueError(f"evaluating the checkpoint file {path} needs --data: the images to evaluate on")
+    model, config, class_names = load_checkpoint(path)
+    table = load_image_table(args.data, class_names=class_names)
+    transform = build_transform(False, config.image_size, resize=config.resize)
+    out = Path(args.out) if args.out else path.parent / f"report-{path.stem}"
+    description = {"arch": config.arch, "rm": config.rm, "checkpoint": str(path), "data": args.data}
+    dataset = ImageDataset(table, list(range(len(table))), transform)
+    evaluate_model(model, dataset, class_names, out, title=path.stem, description=description, **options)
+    return out
+
+
+def headline_table(report: dict) -> str:
+    """A few lines for the terminal: the headline metrics, upright and rotated."""
+    cls, rotation = report["classification"], report["rotation"]["angles"]
+    lines = [f"{'metric':<26}{'value':>8}"]
+    for key, name in (("balanced_accuracy", "balanced accuracy"), ("mean_precision", "AP (mean precision)"),
+                      ("kappa", "kappa"), ("auc_micro", "AUC overall")):  # fmt: skip
+        lines.append(f"{name:<26}{_percent(cls[key]):>8}")
+    for angle, row in rotation.items():
+        if angle != "0":
+            lines.append(f"{'accuracy, rotated ' + angle:<26}{_percent(row['accuracy']):>8}")
+    return "\n".join(lines)
+
+
+def _percent(value: float | None) -> str:
+    return "–" if value is None or value != value else f"{100 * value:.2f}"
+
+
+# rmnet demo
+
+
+def add_demo_command(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "demo",
+        help="train a plain and an RM model on embedded lesion-like images and compare them",
+        description="Generate the embedded lesion-like data set, train a plain small CNN and the same CNN "
+        "with Rotation Meanout, evaluate both on upright and rotated test images, and write a report "
+        "with both models' accuracy-against-rotation curves. Runs on a laptop CPU in a few minutes.",
+        formatter_class=DefaultsFormatter,
+    )
+    parser.add_argument("--out", default="runs/demo", help="folder for the data, both runs and the report")
+    parser.add_argument("--epochs", type=int, help="training epochs per model (default: the demo's choice)")
+    parser.add_argument(
+        "--quick", action="store_true", help="a tiny version that runs in seconds (for tests)"
+    )
+    parser.add_argument("--k", type=int, default=4, help="rotations in RM: 4 (exact, 90°) or 8 (45°, slower)")
+    parser.add_argument("--workers", type=int, default=0, help="data-loading workers")
+    parser.set_defaults(run=run_demo)
+
+
+def run_demo(args: argparse.Namespace) -> None:
+    from rmnet.demo import run_demo as demo
+
+    demo(args.out, epochs=args.epochs, k=args.k, quick=args.quick, workers=args.workers)
+
+
+# The commands, in the order `rmnet --help` lists them. The retrieval commands (index, search)
+# join here: rmnet.retrieval.cli.add_commands.
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    add_demo_command,
+    add_prepare_command,
+    add_train_command,
+    add_evaluate_command,
+    add_retrieval_commands,
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rmnet",
+        description="Rotation Meanout networks: rotation-invariant dermoscopy classification and retrieval. "
+        "Start with `rmnet demo`.",
+    )
+    parser.add_argument("--traceback", action="store_true", help="show the full Python traceback on errors")
+    commands = parser.add_subparsers(title="commands", dest="command", required=True, metavar="COMMAND")
+    for add_command in COMMANDS:
+        add_command(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (0, 1 for bad input, 130 when interrupted)."""
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except KeyboardInterrupt:
+        print(
+            "rmnet: interrupted (rmnet train --resume continues a run from its last epoch)", file=sys.stderr
+        )
+        return EXIT_INTERRUPTED
+    except (ValueError, OSError, FloatingPointError) as err:  # bad input: a clear line, no traceback
+        if args.traceback:
+            raise
+        print(f"rmnet: error: {one_line(err)}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    return 0
+
+
+def one_line(err: BaseException) -> str:
+    """The message of ``err`` on one line (errors re-raised from DataLoader workers carry a traceback)."""
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(err).__name__
+    return lines[-1] if "Original Traceback" in str(err) else " ".join(lines)

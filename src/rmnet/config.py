@@ -1,0 +1,155 @@
+"""TrainConfig: the paper's recipe as defaults, one object for the CLI, the Python API and checkpoints.
+
+Every field carries its help text, so ``rmnet train --help`` is generated from this file and the
+saved ``config.json`` of a run reads the same as the command that made it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from rmnet.models import create_model
+
+VAL_METRICS = ("balanced_accuracy", "accuracy", "kappa", "mean_precision", "auc_macro", "loss")
+
+
+def _option(default: Any, help: str) -> Any:
+    if isinstance(default, dict):
+        return field(default_factory=lambda: dict(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run. Defaults are the paper's ISIC 2019 recipe (SPEC §3)."""
+
+    # Model: the arguments of rmnet.create_model.
+    arch: str = _option("resnet18", "backbone: a preset (resnet18, small_cnn, ...) or a torchvision model")
+    rm: str | None = _option(
+        None, "where RM sits: '5-8' (strict), 'relaxed:5', 'C-E', 'paper', 'all' (default: none, plain)"
+    )
+    k: int = _option(4, "number of rotations in RM (θ = 360°/k); 4 is exact")
+    fusion: str = _option("mean", "RM fusion: mean (meanout), max (maxout) or embedding (1×1 conv)")
+    dihedral: bool = _option(False, "average RM over rotations and their mirror images (D_k)")
+    rotate: bool = _option(True, "rotate the copies in RM; --no-rotate is the RM-WR ablation")
+    share_weights: bool = _option(True, "one block for all copies; --no-share-weights is RM-NWS")
+    hash_bits: int | None = _option(None, "hash layer length L for retrieval, the paper: 16 (default: none)")
+    pretrained: str | None = _option(
+        None, "initial weights: a state_dict file, or 'imagenet' for the torch hub cache (default: random)"
+    )
+    model_options: dict = _option({}, "extra create_model arguments as JSON, e.g. '{\"width\": 16}'")
+    # Objective and images.
+    loss: str = _option("wce", "training objective: wce (weighted cross-entropy) or a hashing loss")
+    loss_options: dict = _option({}, "extra arguments of the loss as JSON, e.g. '{\"gamma\": 10}' for dch")
+    rotation_augmentation: bool = _option(False, "random rotations in training (off: it confounds RM)")
+    image_size: int = _option(224, "side of the square crop fed to the network")
+    resize: int | None = _option(None, "short edge before cropping (default: 256/224 of image_size)")
+    # Optimisation: SGD with a step schedule.
+    epochs: int = _option(60, "training epochs (the paper: 60 for classification, 80 for retrieval)")
+    batch_size: int = _option(32, "images per step (per process under torchrun)")
+    lr: float = _option(0.01, "initial SGD learning rate")
+    momentum: float = _option(0.9, "SGD momentum")
+    weight_decay: float = _option(5e-4, "SGD weight decay")
+    lr_step: int = _option(20, "multiply the learning rate by lr_gamma every lr_step epochs")
+    lr_gamma: float = _option(0.1, "learning-rate decay factor")
+    seed: int = _option(0, "seed of initialisation, shuffling and augmentation")
+    val_metric: str = _option("balanced_accuracy", f"validation metric that picks best.pt: {VAL_METRICS}")
+    # Data.
+    data: str | None = _option(None, "ISIC 2019 folder, folder of class sub-folders, or CSV of path,label")
+    ground_truth: str | None = _option(None, "ISIC ground-truth CSV (default: found in the data folder)")
+    metadata: str | None = _option(None, "ISIC metadata CSV with lesion_id (default: found if present)")
+    cache: str | None = _option(
+        None, "folder of resized copies of the images, made on first use (rmnet prepare)"
+    )
+    split: str | None = _option(None, "split JSON to reuse (default: a new stratified 8:1:1 split)")
+    split_seed: int = _option(0, "seed of the 8:1:1 split (kept fixed across --seeds)")
+    group_by_lesion: bool = _option(False, "keep all images of a lesion_id in one part of the split")
+    on_error: str = _option("raise", "an unreadable image: raise (stop, naming it) or skip (leave it out)")
+    # Hardware.
+    device: str = _option("auto", "cuda, cpu, cuda:1 ...; auto picks CUDA when available")
+    workers: int = _option(min(8, os.cpu_count() or 1), "data-loading worker processes")
+    amp: bool | None = _option(None, "mixed precision (default: on with CUDA)")
+    channels_last: bool | None = _option(None, "channels-last memory format (default: on with CUDA)")
+
+    def __post_init__(self) -> None:
+        if self.val_metric not in VAL_METRICS:
+            raise ValueError(f"val_metric {self.val_metric!r} is not one of {', '.join(VAL_METRICS)}")
+        if self.on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error must be 'raise' or 'skip', got {self.on_error!r}")
+        for name in ("epochs", "batch_size", "image_size", "lr_step", "k"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "config") -> TrainConfig:
+        """Build from a dict; an unknown key is an error naming it, so typos never pass silently."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(
+                f"{source} has unknown field(s) {', '.join(unknown)}; "
+                f"known fields: {', '.join(sorted(known))}"
+            )
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_json(self, path: str | os.PathLike) -> None:
+        """Write the config as JSON (atomically: a temporary file, then a rename)."""
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        os.replace(tmp, path)
+
+    @classmethod
+    def from_json(cls, path: str | os.PathLike) -> TrainConfig:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        try:
+            values = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path} is not valid JSON: {err}") from err
+        return cls.from_dict(values, source=str(path))
+
+    def resize_short_edge(self) -> int:
+        """The short edge images are resized to before cropping (the paper: 256 for 224 crops)."""
+        return self.resize or round(self.image_size * 256 / 224)
+
+    def resolved_device(self, local_rank: int | None = None) -> torch.device:
+        """The device to train on: CUDA when available for "auto" (one GPU per torchrun process)."""
+        if self.device == "auto":
+            if torch.cuda.is_available():
+                return torch.device("cuda", local_rank or 0)
+            return torch.device("cpu")
+        return torch.device(self.device)
+
+
+def build_model(config: TrainConfig, num_classes: int) -> nn.Module:
+    """The model that ``config`` describes, through ``rmnet.create_model``."""
+    pretrained: str | bool | None = True if config.pretrained == "imagenet" else config.pretrained
+    return create_model(
+        config.arch,
+        num_classes,
+        rm=config.rm,
+        k=config.k,
+        fusion=config.fusion,
+        dihedral=config.dihedral,
+        rotate=config.rotate,
+        share_weights=config.share_weights,
+        hash_bits=config.hash_bits,
+        pretrained=pretrained,
+        **config.model_options,
+    )

@@ -1,0 +1,96 @@
+"""A resized copy of every image (short edge 256 by default), made once, so training decodes small files.
+
+Large dermoscopy photographs (1024×1024 BCN, 600×450 HAM, bigger MSK) are decoded and shrunk on
+every epoch otherwise. Made in parallel, resumable: each file is written under a temporary name
+and renamed when whole, so an interrupted run leaves finished files and removable leftovers only.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from rmnet.data.files import claim_folder, remove_abandoned_temporaries, save_image_atomically
+from rmnet.data.images import UnreadableImageError, open_rgb, resize_short_edge
+from rmnet.data.table import ImageTable
+
+CACHE_MANIFEST = "cache.json"
+JPEG_QUALITY = 95
+
+
+def prepare_cache(
+    table: ImageTable,
+    out_dir: str | os.PathLike,
+    short_edge: int = 256,
+    workers: int | None = None,
+    on_error: str = "raise",
+) -> ImageTable:
+    """Write ``out_dir/<id>.jpg`` (upright RGB, short edge at most ``short_edge``) for every image.
+
+    Returns ``table`` with paths pointing at the cached files (same rows, ids, labels, groups and
+    metadata, so a split of one is a split of the other). Files already in the cache are kept.
+    An image that cannot be read raises an error listing it after all others are done, or with
+    ``on_error="skip"`` keeps its original path (and a warning), for ImageDataset to deal with.
+    """
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    out_dir = Path(out_dir)
+    claim_folder(
+        out_dir, CACHE_MANIFEST, {"short_edge": short_edge, "format": "JPEG", "quality": JPEG_QUALITY}
+    )
+    remove_abandoned_temporaries(out_dir)  # left by an interrupted run
+    targets = [out_dir / f"{name}.jpg" for name in _cache_names(table.ids)]
+    jobs = [(src, dst, short_edge) for src, dst in zip(table.paths, targets, strict=True) if not dst.exists()]
+    workers = (os.cpu_count() or 1) if workers is None else workers
+    if not jobs:
+        problems = []
+    elif workers > 1 and len(jobs) > 1:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            chunk = max(1, min(32, len(jobs) // (4 * workers)))
+            problems = list(
+                tqdm(pool.map(cache_image, jobs, chunksize=chunk), total=len(jobs), desc="caching")
+            )
+    else:
+        problems = [cache_image(job) for job in tqdm(jobs, desc="caching")]
+
+    failed = {
+        str(job[1]): problem for job, problem in zip(jobs, problems, strict=True) if problem is not None
+    }
+    if failed:
+        listed = "; ".join(list(failed.values())[:3])
+        more = f" (and {len(failed) - 3} more)" if len(failed) > 3 else ""
+        message = f"could not cache {len(failed)} of {len(table)} images: {listed}{more}"
+        if on_error == "raise":
+            raise UnreadableImageError(f"{message}; the others are cached, fix or remove these and run again")
+        warnings.warn(f"{message}; they keep their original paths", stacklevel=2)
+    paths = [src if str(dst) in failed else dst for src, dst in zip(table.paths, targets, strict=True)]
+    return replace(table, paths=paths)
+
+
+def cache_image(job: tuple[Path, Path, int]) -> str | None:
+    """Resize one image into the cache (``(source, target, short_edge)``); the problem, or None."""
+    source, target, short_edge = job
+    try:
+        image = resize_short_edge(open_rgb(source, min_short_edge=short_edge), short_edge)
+    except UnreadableImageError as error:
+        return str(error)
+    save_image_atomically(image, target, format="JPEG", quality=JPEG_QUALITY)
+    return None
+
+
+def _cache_names(ids: list[str]) -> list[str]:
+    """Each id as a relative path inside the cache: folder data keep their sub-folders; a leading
+    "/" is dropped and ".." becomes "__", so nothing is written outside the cache."""
+    names = ["/".join("__" if p == ".." else p for p in i.split("/") if p not in ("", ".")) for i in ids]
+    clashes = [name for name, count in Counter(names).items() if count > 1]
+    if clashes:
+        raise ValueError(
+            f"several image ids map to the cache file {clashes[0]!r}; give the images distinct ids"
+        )
+    return names

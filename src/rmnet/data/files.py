@@ -1,0 +1,83 @@
+"""Files that appear whole or not at all, and folders that remember how their contents were made."""
+
+from __future__ import annotations
+
+import json
+import os
+from fnmatch import fnmatch
+from pathlib import Path
+
+from PIL import Image
+
+TEMPORARY_PATTERN = ".*.tmp"
+
+
+def temporary_path(path: Path) -> Path:
+    """A hidden sibling of ``path`` to write into before renaming (matches ``TEMPORARY_PATTERN``)."""
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def write_text_atomically(path: Path, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file, so a crash never leaves half of it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = temporary_path(path)
+    temporary.write_text(text)
+    os.replace(temporary, path)
+    return path
+
+
+def save_image_atomically(image: Image.Image, path: Path, **options) -> Path:
+    """``image.save(path, **options)`` through a temporary file (``format=`` is required)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = temporary_path(path)
+    image.save(temporary, **options)
+    os.replace(temporary, path)
+    return path
+
+
+def remove_abandoned_temporaries(folder: Path) -> None:
+    """Delete temporary files left under ``folder`` by writers that are no longer running
+    (a killed run); those of live processes (another rank caching the same folder) stay."""
+    for path in folder.rglob(TEMPORARY_PATTERN):
+        pid = path.name.rsplit(".", 2)[-2]
+        if not (pid.isdigit() and _running(int(pid))):
+            path.unlink(missing_ok=True)
+
+
+def _running(pid: int) -> bool:
+    if os.name == "nt":  # no signal 0 there (os.kill would end the process): keep the file
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def claim_folder(folder: Path, manifest_name: str, recipe: dict) -> None:
+    """Record ``recipe`` in ``folder/manifest_name``; refuse a folder made with another recipe, or
+    one holding other files, so that files made in different ways never mix. Safe when several
+    processes (e.g. torchrun ranks) claim the same folder at once: the first manifest wins."""
+    manifest = folder / manifest_name
+    if not manifest.exists():
+        others = folder.exists() and any(not fnmatch(p.name, TEMPORARY_PATTERN) for p in folder.iterdir())
+        if others and not manifest.exists():
+            raise ValueError(
+                f"{folder} is not empty and has no {manifest_name}; choose an empty or new folder"
+            )
+        folder.mkdir(parents=True, exist_ok=True)
+        temporary = temporary_path(manifest)
+        temporary.write_text(json.dumps(recipe, indent=1) + "\n")
+        try:
+            os.link(temporary, manifest)  # atomic, and fails if another process got there first
+        except FileExistsError:
+            pass  # compared below
+        except OSError:  # a file system without hard links
+            os.replace(temporary, manifest)
+        finally:
+            temporary.unlink(missing_ok=True)
+    found = json.loads(manifest.read_text())
+    if found != recipe:
+        raise ValueError(f"{folder} was made with {found}, not {recipe}; use another folder or delete it")

@@ -1,0 +1,58 @@
+"""Reading one image file as an upright RGB picture, whatever its mode, size or EXIF tag."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+from PIL import Image, ImageOps
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
+
+
+class UnreadableImageError(OSError):
+    """An image file that is missing, truncated or not an image; the message names the file."""
+
+
+def is_image_file(path: str | os.PathLike) -> bool:
+    """True for a file name with a known image extension (case-insensitive)."""
+    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def open_rgb(path: str | os.PathLike, min_short_edge: int | None = None) -> Image.Image:
+    """Decode ``path`` to RGB (grayscale, CMYK, palette and alpha converted), EXIF rotation applied.
+
+    ``min_short_edge`` lets a large JPEG decode at a reduced scale (libjpeg's DCT scaling: several
+    times faster) while its short edge stays at least that long; the caller resizes exactly.
+    """
+    try:
+        with Image.open(path) as image:
+            if min_short_edge is not None and min(image.size) > min_short_edge:
+                scale = min_short_edge / min(image.size)
+                image.draft("RGB", (math.ceil(image.width * scale), math.ceil(image.height * scale)))
+            image.load()
+            ImageOps.exif_transpose(image, in_place=True)
+            return image if image.mode == "RGB" else image.convert("RGB")  # pixels stay after the file closes
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+        raise UnreadableImageError(f"cannot read image {path}: {error}") from error
+
+
+def resize_short_edge(image: Image.Image, short_edge: int) -> Image.Image:
+    """Shrink ``image`` so its short edge is ``short_edge``, keeping the aspect ratio (never enlarges)."""
+    scale = short_edge / min(image.size)
+    if scale >= 1:
+        return image
+    size = (max(short_edge, round(image.width * scale)), max(short_edge, round(image.height * scale)))
+    return image.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+
+
+def check_image(path: str | os.PathLike) -> str | None:
+    """Decode ``path`` cheaply (JPEGs at 1/8 scale, still reading every byte); the problem or None."""
+    try:
+        with Image.open(path) as image:
+            image.draft("RGB", (1, 1))
+            image.load()
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+        return f"{type(error).__name__}: {error}"
+    return None

@@ -1,0 +1,89 @@
+"""The paper's transforms: sizes, normalisation, flips only (never a rotation) unless RA is asked for."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision.transforms.v2 import functional as F
+
+from rmnet.data import IMAGENET_MEAN, IMAGENET_STD, build_transform
+
+
+def _asymmetric_image(width: int = 20, height: int = 20) -> Image.Image:
+    rng = np.random.default_rng(0)
+    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+def _normalise(x: torch.Tensor) -> torch.Tensor:
+    return F.normalize(x.float() / 255, IMAGENET_MEAN, IMAGENET_STD)
+
+
+@pytest.mark.parametrize("train", [True, False])
+@pytest.mark.parametrize("size", [(40, 30), (30, 40), (24, 24)])
+def test_output_is_a_float_image_of_image_size(train, size):
+    out = build_transform(train, 16)(_asymmetric_image(*size))
+    assert out.dtype == torch.float32 and tuple(out.shape) == (3, 16, 16)
+
+
+def test_tensors_are_transformed_like_pil_images():
+    image = _asymmetric_image(24, 24)
+    as_tensor = F.pil_to_tensor(image)
+    transform = build_transform(False, 16, resize=20)
+    torch.testing.assert_close(transform(as_tensor), transform(image), atol=0.05, rtol=0)
+    floats = torch.rand(3, 29, 29)
+    assert tuple(build_transform(True, 29, resize=29)(floats).shape) == (3, 29, 29)
+
+
+def test_values_are_scaled_to_unit_range_then_imagenet_normalised():
+    grey = Image.new("RGB", (20, 20), (128, 64, 255))
+    out = build_transform(False, 16)(grey)
+    expected = (torch.tensor([128, 64, 255]) / 255 - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)
+    torch.testing.assert_close(out.mean(dim=(1, 2)), expected, atol=1e-4, rtol=0)
+
+
+def test_eval_is_resize_short_edge_then_centre_crop_with_default_resize_256_for_224():
+    image = _asymmetric_image(60, 40)
+    out = build_transform(False, 224)(image)
+    manual = F.center_crop(F.resize(F.pil_to_tensor(image), 256, antialias=True), 224)
+    torch.testing.assert_close(out, _normalise(manual))
+
+
+def test_train_gives_the_image_or_one_flip_never_a_rotation():
+    image = _asymmetric_image(16, 16)
+    base = _normalise(F.pil_to_tensor(image))
+    allowed = {"identity": base, "hflip": base.flip(-1), "vflip": base.flip(-2)}
+    transform = build_transform(True, 16, resize=16)  # crop = whole image: only the flips vary
+    seen = set()
+    torch.manual_seed(0)
+    for _ in range(60):
+        out = transform(image)
+        match = [name for name, x in allowed.items() if torch.allclose(out, x, atol=1e-5)]
+        assert len(match) == 1, "output is not the image or a single flip of it"
+        seen.add(match[0])
+    assert seen == set(allowed)
+
+
+def test_train_crop_is_random_eval_crop_is_fixed():
+    image = _asymmetric_image(40, 40)
+    torch.manual_seed(0)
+    train = build_transform(True, 16, resize=32)
+    assert not all(torch.equal(train(image), train(image)) for _ in range(5))
+    evaluate = build_transform(False, 16, resize=32)
+    assert torch.equal(evaluate(image), evaluate(image))
+
+
+def test_rotation_augmentation_rotates_by_arbitrary_angles():
+    image = _asymmetric_image(16, 16)
+    base = _normalise(F.pil_to_tensor(image))
+    flips = [base, base.flip(-1), base.flip(-2), base.flip(-1).flip(-2)]
+    transform = build_transform(True, 16, resize=16, rotation_augmentation=True)
+    torch.manual_seed(0)
+    outputs = [transform(image) for _ in range(10)]
+    assert sum(not any(torch.allclose(out, f, atol=1e-5) for f in flips) for out in outputs) >= 8
+
+
+def test_resize_smaller_than_crop_is_rejected():
+    with pytest.raises(ValueError, match="resize"):
+        build_transform(True, 32, resize=24)

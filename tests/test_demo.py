@@ -1,0 +1,35 @@
+"""`rmnet demo --quick`: generates its data, trains both models, writes the comparison report."""
+
+import json
+
+import pytest
+
+from rmnet.cli import main
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    assert main(["demo", "--quick", "--out", str(out)]) == 0
+    return out
+
+
+def test_demo_quick_trains_a_plain_and_an_rm_model_and_reports_both(demo_dir):
+    summary = json.loads((demo_dir / "report/report.json").read_text())
+    plain, rm = summary["models"]["plain"], summary["models"]["rm"]
+    assert plain["parameters"] == rm["parameters"]  # RM adds no parameter
+    assert rm["changed"]["90"] == rm["changed"]["180"] == rm["changed"]["270"] == 0.0  # invariant at 90°
+    assert summary["rm_minus_plain_accuracy"]["0"] == rm["accuracy"]["0"] - plain["accuracy"]["0"]
+    assert (demo_dir / "report/rotation.png").stat().st_size > 1000
+    for run in ("plain", "rm"):
+        assert (demo_dir / run / "report/report.md").is_file()
+    assert "![Accuracy against rotation](rotation.png)" in (demo_dir / "report/report.md").read_text()
+
+
+def test_running_the_demo_again_reuses_the_finished_runs_and_prints_the_table(demo_dir, capsys):
+    first = (demo_dir / "rm/checkpoints/last.pt").stat().st_mtime_ns
+    assert main(["demo", "--quick", "--out", str(demo_dir)]) == 0
+    assert (demo_dir / "rm/checkpoints/last.pt").stat().st_mtime_ns == first  # nothing retrained
+    printed = capsys.readouterr().out
+    assert "upright" in printed and "RM (whole trunk)" in printed
+    assert f"report: {demo_dir / 'report' / 'report.md'}" in printed

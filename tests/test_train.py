@@ -1,0 +1,178 @@
+"""The training loop: it learns, checkpoints, resumes exactly, and keeps DDP ranks in sync."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from torch.utils.data import Dataset, TensorDataset
+
+from rmnet.config import TrainConfig, build_model
+from rmnet.runs import load_checkpoint, read_checkpoint
+from rmnet.train import dataset_labels, fit
+
+
+def tiny_dataset(n: int = 48, size: int = 16, seed: int = 0) -> TensorDataset:
+    """Two classes: noise, or noise with a bright square in the middle."""
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.randn(n, 3, size, size, generator=generator)
+    labels = torch.arange(n) % 2
+    images[labels == 1, :, size // 4 : -size // 4, size // 4 : -size // 4] += 2.0
+    return TensorDataset(images, labels)
+
+
+def tiny_config(**changes) -> TrainConfig:
+    values = dict(
+        arch="small_cnn",
+        model_options={"width": 8},
+        image_size=16,
+        epochs=3,
+        batch_size=16,
+        lr=0.05,
+        lr_step=2,
+        workers=0,
+    )
+    return TrainConfig(**(values | changes))
+
+
+def test_fit_lowers_the_training_loss_and_learns_a_separable_problem():
+    data = tiny_dataset()
+    result = fit(tiny_config(epochs=4, lr_step=10), data, data, progress=False)
+    losses = [row["train_loss"] for row in result.history]
+    assert losses[-1] < 0.5 * losses[0]
+    assert result.history[-1]["val_accuracy"] > 0.9
+    assert result.best_path is None and result.last_path is None  # nothing written without out_dir
+
+
+def test_checkpoints_hold_weights_config_class_names_and_training_state(tmp_path):
+    data = tiny_dataset()
+    config = tiny_config(epochs=2)
+    result = fit(config, data, data, tmp_path, class_names=["plain", "square"], progress=False)
+
+    last = read_checkpoint(result.last_path)
+    assert last["epoch"] == 2 and last["config"] == config.to_dict()
+    assert last["class_names"] == ["plain", "square"]
+    assert {"optimizer", "scheduler", "scaler", "history", "best_score", "best_epoch"} <= set(last)
+    best = read_checkpoint(result.best_path)
+    assert best["epoch"] == last["best_epoch"] and "optimizer" not in best
+
+    model, loaded_config, class_names = load_checkpoint(result.last_path)
+    assert loaded_config == config and class_names == ["plain", "square"]
+    result.model.eval()
+    images = data.tensors[0][:8]
+    torch.testing.assert_close(model(images), result.model(images))
+
+    metrics = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert len(metrics) == 1 + 2 and metrics[0].startswith("epoch,lr,train_loss")
+
+
+class InterruptAfter(Dataset):
+    """A dataset that raises KeyboardInterrupt at its n-th item, like Ctrl-C in the middle of an epoch."""
+
+    def __init__(self, data: TensorDataset, n: int) -> None:
+        self.data, self.n, self.calls = data, n, 0
+        self.labels = data.tensors[1]
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i):
+        self.calls += 1
+        if self.calls > self.n:
+            raise KeyboardInterrupt
+        return self.data[i]
+
+
+def test_resuming_an_interrupted_run_gives_the_same_result_as_an_uninterrupted_one(tmp_path):
+    data, config = tiny_dataset(), tiny_config(epochs=3)
+    uninterrupted = fit(config, data, data, tmp_path / "straight", progress=False)
+
+    with pytest.raises(KeyboardInterrupt):  # stops in the middle of epoch 2 (48 images per epoch)
+        fit(config, InterruptAfter(data, n=48 + 20), data, tmp_path / "resumed", progress=False)
+    assert read_checkpoint(tmp_path / "resumed/checkpoints/last.pt")["epoch"] == 1
+    resumed = fit(config, data, data, tmp_path / "resumed", resume=True, progress=False)
+
+    for key, value in uninterrupted.model.state_dict().items():
+        torch.testing.assert_close(resumed.model.state_dict()[key], value, rtol=0, atol=0, msg=key)
+    drop_time = [{k: v for k, v in row.items() if k != "seconds"} for row in resumed.history]
+    assert drop_time == [{k: v for k, v in row.items() if k != "seconds"} for row in uninterrupted.history]
+    assert [row["lr"] for row in resumed.history] == pytest.approx([0.05, 0.05, 0.005])  # the schedule too
+
+
+def test_resume_refuses_a_checkpoint_trained_with_other_options(tmp_path):
+    data = tiny_dataset()
+    fit(tiny_config(epochs=1), data, data, tmp_path, progress=False)
+    with pytest.raises(ValueError, match="lr=0.05 there, 0.1 now"):
+        fit(tiny_config(epochs=2, lr=0.1), data, data, tmp_path, resume=True, progress=False)
+    longer = fit(tiny_config(epochs=2), data, data, tmp_path, resume=True, progress=False)  # epochs may grow
+    assert [row["epoch"] for row in longer.history] == [1, 2]
+
+
+def test_best_checkpoint_follows_the_validation_metric(tmp_path):
+    data = tiny_dataset()
+    result = fit(tiny_config(epochs=3, val_metric="loss"), data, data, tmp_path, progress=False)
+    losses = [row["val_loss"] for row in result.history]
+    assert read_checkpoint(result.best_path)["epoch"] == 1 + losses.index(min(losses))
+
+
+def test_amp_and_channels_last_run_on_the_cpu():
+    data = tiny_dataset(n=16)
+    result = fit(tiny_config(epochs=1, amp=True, channels_last=True), data, data, progress=False)
+    assert torch.isfinite(torch.tensor(result.history[0]["train_loss"]))
+
+
+def test_dataset_labels_reads_labels_without_loading_images_and_explains_when_it_cannot():
+    assert dataset_labels(tiny_dataset(n=6)).tolist() == [0, 1, 0, 1, 0, 1]
+    with pytest.raises(TypeError, match=r"has no \.labels"):
+        dataset_labels([(torch.zeros(3, 4, 4), 0)])
+
+
+DDP_SCRIPT = """
+import os
+import sys
+import torch
+import torch.distributed as dist
+from torch.utils.data import TensorDataset
+from rmnet.config import TrainConfig
+from rmnet.train import fit
+
+out = sys.argv[1]
+g = torch.Generator().manual_seed(0)
+images, labels = torch.randn(32, 3, 16, 16, generator=g), torch.arange(32) % 2
+images[labels == 1, :, 4:12, 4:12] += 2.0
+data = TensorDataset(images, labels)
+config = TrainConfig(arch="small_cnn", model_options={"width": 8}, image_size=16, epochs=1,
+                     batch_size=8, lr=0.05, workers=0, device="cpu")
+result = fit(config, data, data, out + "/run", progress=False)
+rank = int(os.environ["RANK"])
+torch.save(result.model.state_dict(), f"{out}/rank{rank}.pt")
+with open(f"{out}/rank{rank}.txt", "w") as f:  # one file per rank: their stdout would interleave
+    f.write(f"world {dist.is_initialized()} best {result.best_path}")
+"""
+
+
+def test_two_processes_under_torchrun_with_gloo_end_with_identical_parameters(tmp_path):
+    script = tmp_path / "ddp_fit.py"
+    script.write_text(textwrap.dedent(DDP_SCRIPT))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    done = subprocess.run(
+        [*command, str(script), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    for key in rank0:
+        torch.testing.assert_close(rank0[key], rank1[key], rtol=0, atol=0, msg=key)
+    torch.manual_seed(0)
+    untrained = build_model(tiny_config(), 2).state_dict()
+    assert not torch.equal(untrained["fc.weight"], rank0["fc.weight"])  # they trained, together
+    assert (tmp_path / "run/checkpoints/last.pt").is_file()  # written once, by rank 0
+    # Rank 1 wrote no checkpoint, and both tore the process group down.
+    assert (tmp_path / "rank1.txt").read_text() == "world False best None"
+    assert (tmp_path / "rank0.txt").read_text().endswith("checkpoints/best.pt")
