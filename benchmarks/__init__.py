@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime
 import os
 import platform
+import shlex
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -19,6 +21,11 @@ def machine_description() -> str:
         f"{datetime.date.today().isoformat()}, {cpu}, {os.cpu_count()} CPU cores, "
         f"{torch.get_num_threads()} torch threads, {device}, torch {torch.__version__}"
     )
+
+
+def command_line(module: str, argv: list[str] | None) -> str:
+    """The command that ran ``module`` with ``argv`` (default: this process's arguments), quoted."""
+    return shlex.join([".venv/bin/python", "-m", module, *(sys.argv[1:] if argv is None else argv)])
 
 
 def write_atomic(path: Path, text: str) -> None:

@@ -5,7 +5,8 @@ element g acts on them by moving every plane (g·f)(h, x) = f(g⁻¹h, g⁻¹x):
 spatially and the group axis is permuted. A lifting convolution turns an image into such maps
 (one transformed copy of each kernel per element); group convolutions map them to new ones
 (the kernel is itself a function on the group, transformed the same way). Both commute with
-the action, so pooling over space and the group axis leaves features invariant to G.
+the action, so pooling over space and the group axis leaves features invariant to G. Group
+BatchNorm (statistics shared by the |G| planes of a channel) and ReLU commute with it too.
 
 Only groups whose elements permute pixels exactly (C_1, C_2, C_4, D_1, D_2, D_4) are allowed:
 a 5×5 kernel rotated by 45° is not a 5×5 kernel.
@@ -45,11 +46,17 @@ class LiftingConvolution(nn.Module):
     """Image (B, C_in, H, W) → group maps (B, C_out, |G|, H', W'): one g-transformed kernel per g."""
 
     def __init__(
-        self, group: CyclicGroup, in_channels: int, out_channels: int, kernel_size: int = 5, padding: int = 0
+        self,
+        group: CyclicGroup,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 5,
+        stride: int = 1,
+        padding: int = 0,
     ) -> None:
         super().__init__()
         _check_exact(group)
-        self.group, self.padding = group, padding
+        self.group, self.stride, self.padding = group, stride, padding
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
         self.bias = nn.Parameter(torch.empty(out_channels))  # one per channel, shared by every g
         _reset_parameters(self.weight, self.bias)
@@ -62,23 +69,29 @@ class LiftingConvolution(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n = self.group.order
         bias = self.bias.repeat_interleave(n)
-        y = F.conv2d(x, self.transformed_weight(), bias, padding=self.padding)
+        y = F.conv2d(x, self.transformed_weight(), bias, self.stride, self.padding)
         return y.unflatten(1, (-1, n))  # (B, C_out, |G|, H', W')
 
     def extra_repr(self) -> str:
         c_out, c_in, k, _ = self.weight.shape
-        return f"{self.group}, {c_in}, {c_out}, kernel_size={k}, padding={self.padding}"
+        return f"{self.group}, {c_in}, {c_out}, kernel_size={k}, stride={self.stride}, padding={self.padding}"
 
 
 class GroupConvolution(nn.Module):
     """Group maps (B, C_in, |G|, H, W) → (B, C_out, |G|, H', W'); the kernel lives on G × R²."""
 
     def __init__(
-        self, group: CyclicGroup, in_channels: int, out_channels: int, kernel_size: int = 5, padding: int = 0
+        self,
+        group: CyclicGroup,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 5,
+        stride: int = 1,
+        padding: int = 0,
     ) -> None:
         super().__init__()
         _check_exact(group)
-        self.group, self.padding = group, padding
+        self.group, self.stride, self.padding = group, stride, padding
         shape = (out_channels, in_channels, group.order, kernel_size, kernel_size)
         self.weight = nn.Parameter(torch.empty(shape))
         self.bias = nn.Parameter(torch.empty(out_channels))
@@ -94,12 +107,12 @@ class GroupConvolution(nn.Module):
         if x.dim() != 5 or x.shape[2] != n:
             raise ValueError(f"GroupConvolution expects (B, C, {n}, H, W) group maps, got {tuple(x.shape)}")
         bias = self.bias.repeat_interleave(n)
-        y = F.conv2d(x.flatten(1, 2), self.transformed_weight(), bias, padding=self.padding)
+        y = F.conv2d(x.flatten(1, 2), self.transformed_weight(), bias, self.stride, self.padding)
         return y.unflatten(1, (-1, n))
 
     def extra_repr(self) -> str:
         c_out, c_in, _, k, _ = self.weight.shape
-        return f"{self.group}, {c_in}, {c_out}, kernel_size={k}, padding={self.padding}"
+        return f"{self.group}, {c_in}, {c_out}, kernel_size={k}, stride={self.stride}, padding={self.padding}"
 
 
 def _reset_parameters(weight: nn.Parameter, bias: nn.Parameter) -> None:
@@ -109,15 +122,32 @@ def _reset_parameters(weight: nn.Parameter, bias: nn.Parameter) -> None:
     nn.init.uniform_(bias, -1 / math.sqrt(fan_in), 1 / math.sqrt(fan_in))
 
 
-def group_layer_norm(x: torch.Tensor) -> torch.Tensor:
-    """Layer norm over (C, |G|, H, W) without affine weights, as in the source: it commutes with G."""
-    return F.layer_norm(x, x.shape[1:])
+class GroupBatchNorm(nn.BatchNorm3d):
+    """BatchNorm of group maps (B, C, |G|, H, W): one mean, variance and affine pair per channel,
+    shared by all |G| planes (statistics over batch, group axis and space), so it commutes with G."""
+
+
+class GroupLayerNorm(nn.Module):
+    """The source blog's normalisation: layer norm over (C, |G|, H, W) without affine weights."""
+
+    def __init__(self, channels: int) -> None:  # the signature of GroupBatchNorm; nothing to learn
+        super().__init__()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, x.shape[1:])
+
+
+NORMS = {"batch": GroupBatchNorm, "layer": GroupLayerNorm}
 
 
 class GroupEquivariantCNN(nn.Module):
-    """Lifting conv → ``depth`` group convs (each with layer norm and ReLU) → mean over G and space → linear.
+    """Lifting conv block → group conv blocks (conv, norm, ReLU) → mean over G and space → linear.
 
-    The pooled features, codes and logits are invariant to the group acting on the input image.
+    The default layout is the ``small_cnn`` preset's (four 5×5 blocks with strides 1, 2, 2, 1 and
+    BatchNorm), so the two differ only in the group convolutions. ``strides=(1,) * 5,
+    padding=0, norm="layer"`` is the source blog's layout. A stride-2 layer is exactly
+    equivariant when its input side is odd (its sampling grid then holds the centre): two of
+    them need a side ≡ 1 (mod 4), e.g. 21 or 29. Features, codes and logits are invariant to G.
     """
 
     def __init__(
@@ -127,25 +157,31 @@ class GroupEquivariantCNN(nn.Module):
         *,
         in_chans: int = 3,
         width: int = 16,
-        depth: int = 4,
+        strides: tuple[int, ...] = (1, 2, 2, 1),
         kernel_size: int = 5,
-        padding: int = 0,
+        padding: int | None = None,
+        norm: str = "batch",
         hash_bits: int | None = None,
     ) -> None:
         super().__init__()
+        if norm not in NORMS:
+            raise ValueError(f"unknown norm {norm!r} for the GCNN; choose one of {', '.join(NORMS)}")
+        padding = kernel_size // 2 if padding is None else padding
         self.group = group
-        self.lifting = LiftingConvolution(group, in_chans, width, kernel_size, padding)
-        self.convs = nn.ModuleList(
-            GroupConvolution(group, width, width, kernel_size, padding) for _ in range(depth)
-        )
+        self.convs = nn.ModuleList()
+        self.norms = nn.ModuleList()
+        for i, stride in enumerate(strides):
+            conv = LiftingConvolution if i == 0 else GroupConvolution
+            self.convs.append(conv(group, in_chans if i == 0 else width, width, kernel_size, stride, padding))
+            self.norms.append(NORMS[norm](width))
         self.num_features, self.hash_bits, self.num_classes = width, hash_bits, num_classes
         self.hash = nn.Linear(width, hash_bits) if hash_bits else None
         self.fc = nn.Linear(hash_bits or width, num_classes)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled features (B, width), invariant to the group."""
-        for conv in (self.lifting, *self.convs):
-            x = F.relu(group_layer_norm(conv(x)))
+        for conv, norm in zip(self.convs, self.norms, strict=True):
+            x = F.relu(norm(conv(x)))  # (B, width, |G|, H', W')
         return x.mean(dim=(-3, -2, -1))
 
     def forward_codes(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -165,7 +201,7 @@ class GroupEquivariantCNN(nn.Module):
 
 @register_model("gcnn_c4")
 def gcnn_c4(num_classes: int = 8, **kwargs) -> GroupEquivariantCNN:
-    """The source blog's C4 GCNN: 5×5 kernels, 16 channels, 4 group convolutions."""
+    """A C4 GCNN with 16 channels (as in the source blog) in the small_cnn layout."""
     return GroupEquivariantCNN(CyclicGroup(4), num_classes, **kwargs)
 
 
