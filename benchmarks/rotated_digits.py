@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import time
 import warnings
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -116,7 +117,7 @@ def rotate_each(images: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
     return torch.stack([rotate(image, float(angle)) for image, angle in zip(images, angles, strict=True)])
 
 
-def test_sets(images: torch.Tensor, random_seeds: list[int]) -> dict[str, torch.Tensor]:
+def rotated_test_sets(images: torch.Tensor, random_seeds: list[int]) -> dict[str, torch.Tensor]:
     """The upright test images, the sweep of fixed angles, and uniformly random angles per seed."""
     sets = {f"{angle}°": rotate(images, float(angle)) for angle in sorted({*SWEEP, *QUARTER_TURNS})}
     for seed in random_seeds:
@@ -127,6 +128,7 @@ def test_sets(images: torch.Tensor, random_seeds: list[int]) -> dict[str, torch.
 
 @torch.inference_mode()
 def logits_of(model: nn.Module, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    """The model's logits for ``images`` in eval mode, batch by batch."""
     model.eval()
     return torch.cat([model(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
 
@@ -177,7 +179,7 @@ def time_steps(models: dict[str, nn.Module], split: dict, batch_size: int, repea
     return pd.DataFrame(ratios)
 
 
-def _repeat(step, times: int) -> None:
+def _repeat(step: Callable[[], None], times: int) -> None:
     for _ in range(times):
         step()
 
@@ -231,7 +233,7 @@ def plot_accuracy_vs_angle(runs: pd.DataFrame, path: Path) -> pd.DataFrame:
     fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
     tmp.replace(path)
-    return mean.T.rename_axis("angle").reset_index()
+    return mean.T.iloc[:-1].rename_axis("angle").reset_index()  # without the closing 360° = 0°
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -257,7 +259,7 @@ def main(argv: list[str] | None = None) -> None:
     if "plain CNN" not in methods:
         methods = ["plain CNN", *methods]  # the reference of every time ratio
     split = load_split(args.size)
-    sets = test_sets(split["test"][0], args.test_seeds)
+    sets = rotated_test_sets(split["test"][0], args.test_seeds)
     base = TrainConfig(
         epochs=args.epochs,
         batch_size=args.batch_size,

@@ -156,6 +156,19 @@ def test_interpolated_rm_is_equivariant_within_the_documented_bound(k):
         assert err < INTERPOLATED_BOUND[k], (g, err)
 
 
+@pytest.mark.parametrize("size", [20, 21])
+def test_interpolated_rm_stays_exact_for_the_quarter_turns_its_group_contains(size):
+    """C8 contains the 90° rotations; the padding crop must be centred for them to stay exact."""
+    torch.manual_seed(0)
+    block = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, stride=2, padding=1))
+    rm = RotationMeanout(block.eval(), k=8).eval()
+    x = torch.randn(2, 3, size, size)
+    y = rm(x)
+    for quarter_turns in range(1, 4):
+        rotated = torch.rot90(x, quarter_turns, (-2, -1))
+        assert torch.allclose(rm(rotated), torch.rot90(y, quarter_turns, (-2, -1)), atol=1e-5)
+
+
 def test_interpolated_rm_keeps_content_at_the_corners():
     """Zero-padding before rotating means the corners survive the round trip."""
     rm = RotationMeanout(nn.Identity(), k=8).eval()

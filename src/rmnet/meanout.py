@@ -116,11 +116,20 @@ def _corner_padding(h: int, w: int) -> int:
 
 
 def _crop_to_fraction(y: torch.Tensor, inner: int, outer: int) -> torch.Tensor:
-    """Keep the centre of ``y`` that corresponds to the unpadded input (inner/outer of it)."""
+    """Keep the centre of ``y`` that corresponds to the unpadded input (inner/outer of it).
+
+    The kept side has the parity of the full side, so the crop is exactly centred and the
+    quarter turns in the group stay exact.
+    """
     h, w = y.shape[-2:]
-    th, tw = max(1, round(h * inner / outer)), max(1, round(w * inner / outer))
+    th, tw = (_centred_length(n, inner / outer) for n in (h, w))
     top, left = (h - th) // 2, (w - tw) // 2
     return y[..., top : top + th, left : left + tw]
+
+
+def _centred_length(n: int, fraction: float) -> int:
+    kept = max(1, round(n * fraction))
+    return kept + 1 if (n - kept) % 2 and kept < n else kept
 
 
 def _independent_copy(block: nn.Module) -> nn.Module:
