@@ -134,9 +134,6 @@ class DihedralGroup(CyclicGroup):
         return f"DihedralGroup(k={self.k})"
 
 
-Group = CyclicGroup  # every group here is a CyclicGroup or a subclass of it
-
-
 def make_group(k: int = 4, dihedral: bool = False) -> CyclicGroup:
     """C_k, or D_k when ``dihedral`` (rotations and their mirror images)."""
     return DihedralGroup(k) if dihedral else CyclicGroup(k)
