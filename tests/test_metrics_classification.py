@@ -40,6 +40,26 @@ def test_per_class_precision_sensitivity_specificity_match_hand_computation():
     assert report["per_class"]["a"]["support"] == 3 and report["per_class"]["b"]["predicted"] == 2
 
 
+def test_specificity_counts_false_positives_not_false_negatives():
+    # The example above has FP = FN for every class; here they differ. Rows true, columns predicted:
+    #   [[1, 2, 1],
+    #    [0, 2, 0],
+    #    [1, 0, 1]]
+    y_true = np.array([0, 0, 0, 0, 1, 1, 2, 2])
+    y_pred = np.array([0, 1, 1, 2, 1, 1, 2, 0])
+    report = classification_report(y_true, y_pred, class_names=["a", "b", "c"])
+    # class a: TP 1, FN 3, FP 1, TN 3 -> specificity TN/(TN+FP) = 3/4 (not TN/(TN+FN) = 3/6)
+    # class b: TP 2, FN 0, FP 2, TN 4 -> 4/6 (not 4/4)
+    # class c: TP 1, FN 1, FP 1, TN 5 -> 5/6
+    expected = {"a": (1 / 2, 1 / 4, 3 / 4), "b": (2 / 4, 2 / 2, 4 / 6), "c": (1 / 2, 1 / 2, 5 / 6)}
+    for name, (precision, sensitivity, specificity) in expected.items():
+        row = report["per_class"][name]
+        assert row["precision"] == pytest.approx(precision), name
+        assert row["sensitivity"] == pytest.approx(sensitivity), name
+        assert row["specificity"] == pytest.approx(specificity), name
+    assert report["mean_specificity"] == pytest.approx((3 / 4 + 4 / 6 + 5 / 6) / 3)  # 3/4
+
+
 def test_averages_kappa_accuracy_and_confusion_matrix_match_hand_computation():
     report = classification_report(Y_TRUE, Y_PRED, class_names=["a", "b", "c"])
     assert report["mean_precision"] == pytest.approx((2 / 3 + 1 / 2 + 2 / 3) / 3)  # 11/18, the paper's AP
