@@ -53,6 +53,56 @@ def test_tiny_classes_always_have_a_training_image():
         assert (table.subset(split.train).class_counts() >= 1).all()
 
 
+@pytest.mark.parametrize("ratios", [(0.2, 0.4, 0.4), (0.3, 0.3, 0.4), (0.45, 0.45, 0.1)])
+def test_train_ratios_below_one_half_keep_the_ratios_and_a_training_image_of_every_class(ratios):
+    # With a train ratio under 0.5 the midpoint of a class's only image falls outside train: the
+    # rule "the first unit of every class trains" is what keeps such a class learnable.
+    table = _table([100, 1, 2, 3])
+    for seed in range(5):
+        split = make_split(table, seed=seed, ratios=ratios)
+        _check_partition(split, len(table))
+        assert (table.subset(split.train).class_counts() >= 1).all(), seed
+        big = [int(table.subset(split.part(name)).class_counts()[0]) for name in ("train", "val", "test")]
+        assert all(abs(n - 100 * r) <= 1 for n, r in zip(big, ratios, strict=True)), (seed, big)
+
+
+def test_a_one_image_class_trains_even_when_train_is_the_smallest_part():
+    table = _table([40, 1])
+    for seed in range(5):
+        split = make_split(table, seed=seed, ratios=(0.1, 0.45, 0.45))
+        assert len(table) - 1 in split.train  # the only image of class c1
+
+
+def _mixed_lesion_table() -> ImageTable:
+    """Class c0: 30 single images. Lesion "mixed": two images of class c1, then one of class c0."""
+    labels = np.array([0] * 30 + [1, 1, 0])
+    groups = [None] * 30 + ["mixed"] * 3
+    return ImageTable([f"img{i}" for i in range(33)], [f"img{i}.jpg" for i in range(33)], labels,
+                      ["c0", "c1"], groups)  # fmt: skip
+
+
+def test_a_lesion_with_mixed_labels_stays_whole_and_counts_for_its_majority_class():
+    table = _mixed_lesion_table()
+    lesion = [30, 31, 32]
+    for seed in range(8):
+        split = make_split(table, seed=seed, ratios=(0.2, 0.4, 0.4), group_by_lesion=True)
+        _check_partition(split, len(table))
+        # The lesion is a c1 lesion (2 of its 3 images): the only unit of c1, so it trains, whole.
+        # Taken by its last image it would be one of 31 c0 units and land in val or test mostly.
+        assert set(lesion) <= set(split.train), seed
+        assert (table.subset(split.train).class_counts() >= 1).all()
+        # The 30 single c0 images keep the ratios on their own (6 / 12 / 12).
+        singles = [len([i for i in split.part(name) if i < 30]) for name in ("train", "val", "test")]
+        assert abs(singles[0] - 6) <= 1 and abs(singles[1] - 12) <= 1, (seed, singles)
+
+
+def test_without_lesion_groups_the_images_of_a_mixed_lesion_split_by_their_own_labels():
+    table = _mixed_lesion_table()
+    split = make_split(table, seed=0, ratios=(0.2, 0.4, 0.4))
+    _check_partition(split, len(table))
+    assert {30, 31} & set(split.train)  # one of the two c1 images trains: the first in shuffled order
+
+
 def test_group_by_lesion_never_puts_one_lesion_on_two_sides():
     table = _table([120, 60, 30], groups_of=3)
     split = make_split(table, seed=1, group_by_lesion=True)
