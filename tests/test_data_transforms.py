@@ -1,4 +1,5 @@
-"""The paper's transforms: sizes, normalisation, flips only (never a rotation) unless RA is asked for."""
+"""The paper's transforms: sizes, normalisation, flips only (never a rotation) unless RA is asked for;
+rotation augmentation up to a maximum angle, and flips that can be turned off."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as F
 
 from rmnet.data import IMAGENET_MEAN, IMAGENET_STD, build_transform
+from rmnet.data.transforms import max_rotation_angle, random_rotation
 
 
 def _asymmetric_image(width: int = 20, height: int = 20) -> Image.Image:
@@ -82,6 +84,75 @@ def test_rotation_augmentation_rotates_by_arbitrary_angles():
     torch.manual_seed(0)
     outputs = [transform(image) for _ in range(10)]
     assert sum(not any(torch.allclose(out, f, atol=1e-5) for f in flips) for out in outputs) >= 8
+
+
+@pytest.mark.parametrize(
+    ("value", "degrees"),
+    [
+        (False, 0.0),
+        (None, 0.0),
+        (0, 0.0),
+        (True, 360.0),
+        (360, 360.0),
+        (45, 45.0),
+        (22.5, 22.5),
+        ("22.5", 22.5),
+        ("true", 360.0),
+        ("Off", 0.0),
+    ],
+)
+def test_max_rotation_angle_reads_degrees_and_the_old_booleans(value, degrees):
+    assert max_rotation_angle(value) == degrees
+
+
+@pytest.mark.parametrize("value", [-1, 360.5, float("nan"), "sideways"])
+def test_max_rotation_angle_outside_0_to_360_is_rejected_naming_the_range(value):
+    with pytest.raises(ValueError, match="between 0 .* and 360|0–360"):
+        max_rotation_angle(value)
+    with pytest.raises(ValueError, match="rotation_augmentation"):
+        build_transform(True, 16, rotation_augmentation=value)
+
+
+def test_random_rotation_draws_from_plus_minus_the_angle_and_the_whole_circle_from_180():
+    assert random_rotation(0) is None and random_rotation(False) is None
+    assert list(random_rotation(45).degrees) == [-45.0, 45.0]
+    for whole in (True, 180, 360):
+        assert list(random_rotation(whole).degrees) == [0.0, 360.0]  # as the boolean option always drew
+
+
+def _bright_spot_angle(image: torch.Tensor) -> float:
+    """Angle in degrees (counterclockwise) of the brightness centroid about the image centre."""
+    h, w = image.shape[-2:]
+    weights = image[0] - image[0].min()
+    ys, xs = torch.meshgrid(torch.arange(h) - (h - 1) / 2, torch.arange(w) - (w - 1) / 2, indexing="ij")
+    return float(torch.rad2deg(torch.atan2(-(weights * ys).sum(), (weights * xs).sum())))
+
+
+def test_rotation_augmentation_stays_within_the_maximum_angle():
+    spot = torch.zeros(3, 33, 33)
+    spot[:, 15:18, 26:29] = 1.0  # a bright square right of the centre: at angle 0°
+    transform = build_transform(True, 33, resize=33, rotation_augmentation=30, flips=False)
+    torch.manual_seed(0)
+    angles = [_bright_spot_angle(transform(spot)) for _ in range(40)]
+    assert max(abs(a) for a in angles) <= 31.0
+    assert min(angles) < -15 and max(angles) > 15  # and it does rotate, both ways
+
+
+def test_flips_false_leaves_the_flips_out():
+    image = _asymmetric_image(16, 16)
+    base = _normalise(F.pil_to_tensor(image))
+    transform = build_transform(True, 16, resize=16, flips=False)  # crop = whole image, no flips
+    torch.manual_seed(0)
+    assert all(torch.allclose(transform(image), base, atol=1e-5) for _ in range(20))
+
+
+def test_boolean_rotation_augmentation_is_the_full_circle_as_before():
+    image = _asymmetric_image(16, 16)
+    outputs = []
+    for value in (True, 360.0):
+        torch.manual_seed(3)
+        outputs.append(build_transform(True, 16, resize=16, rotation_augmentation=value)(image))
+    torch.testing.assert_close(outputs[0], outputs[1])
 
 
 def test_resize_smaller_than_crop_is_rejected():

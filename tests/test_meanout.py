@@ -141,11 +141,12 @@ def test_no_weight_sharing_ablation_rm_nws_has_k_independent_copies():
 INTERPOLATED_BOUND = {6: 0.10, 8: 0.10}
 
 
+@pytest.mark.parametrize("padding", ["none", "full"])
 @pytest.mark.parametrize("k", [6, 8])
-def test_interpolated_rm_is_equivariant_within_the_documented_bound(k):
+def test_interpolated_rm_is_equivariant_within_the_documented_bound(k, padding):
     torch.manual_seed(0)
     block = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1)).eval()
-    rm = RotationMeanout(block, k=k).eval()
+    rm = RotationMeanout(block, k=k, padding=padding).eval()
     x = torch.nn.functional.avg_pool2d(torch.randn(2, 3, 36, 36), 3, 1, 1)  # smooth maps, as in a CNN
     y = rm(x)
     assert y.shape == block(x).shape
@@ -156,12 +157,13 @@ def test_interpolated_rm_is_equivariant_within_the_documented_bound(k):
         assert err < INTERPOLATED_BOUND[k], (g, err)
 
 
+@pytest.mark.parametrize("padding", ["none", "full"])
 @pytest.mark.parametrize("size", [20, 21])
-def test_interpolated_rm_stays_exact_for_the_quarter_turns_its_group_contains(size):
+def test_interpolated_rm_stays_exact_for_the_quarter_turns_its_group_contains(size, padding):
     """C8 contains the 90° rotations; the padding crop must be centred for them to stay exact."""
     torch.manual_seed(0)
     block = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, stride=2, padding=1))
-    rm = RotationMeanout(block.eval(), k=8).eval()
+    rm = RotationMeanout(block.eval(), k=8, padding=padding).eval()
     x = torch.randn(2, 3, size, size)
     y = rm(x)
     for quarter_turns in range(1, 4):
@@ -169,9 +171,9 @@ def test_interpolated_rm_stays_exact_for_the_quarter_turns_its_group_contains(si
         assert torch.allclose(rm(rotated), torch.rot90(y, quarter_turns, (-2, -1)), atol=1e-5)
 
 
-def test_interpolated_rm_keeps_content_at_the_corners():
+def test_full_padding_keeps_content_at_the_corners():
     """Zero-padding before rotating means the corners survive the round trip."""
-    rm = RotationMeanout(nn.Identity(), k=8).eval()
+    rm = RotationMeanout(nn.Identity(), k=8, padding="full").eval()
     x = torch.ones(1, 1, 16, 16)
     corner = rm(x)[0, 0, 0, 0]
     assert corner > 0.7
@@ -201,6 +203,97 @@ def test_embed_rotation_meanout_wraps_modules_of_any_cnn_by_path():
 def test_group_elements_match_k_and_the_dihedral_option():
     assert len(list(RotationMeanout(nn.Identity(), k=4).group.elements)) == 4
     assert len(list(RotationMeanout(nn.Identity(), k=4, dihedral=True).group.elements)) == 8
-    group = make_group(4, dihedral=True)
+
+
+@pytest.mark.parametrize("dihedral", [False, True], ids=["C4", "D4"])
+def test_composed_element_acts_as_the_two_actions_one_after_the_other(dihedral):
+    """compose(a, b) is "b first, then a": its action on a map is act(act(x, b), a)."""
+    group = make_group(4, dihedral=dihedral)
+    x = torch.randn(2, 3, 6, 6)  # no symmetry, so distinct elements act differently
+    images = [group.act(x, g) for g in group.elements]
     for a, b in itertools.product(group.elements, repeat=2):
-        assert 0 <= group.compose(a, b) < 8
+        assert torch.equal(group.act(x, group.compose(a, b)), group.act(group.act(x, b), a)), (a, b)
+        assert torch.equal(group.act(group.act(x, a), group.inverse(a)), x), a
+    pairs = itertools.combinations(range(len(images)), 2)
+    assert all(not torch.equal(images[i], images[j]) for i, j in pairs)
+
+
+# The interpolating paths: padding="none" (the default, the map keeps its size) and "full".
+PADDINGS = ["none", "full"]
+
+
+@pytest.mark.parametrize("padding", PADDINGS)
+@pytest.mark.parametrize("fusion", ["mean", "max"])
+@pytest.mark.parametrize("dihedral", [False, True], ids=["C8", "D8"])
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_interpolated_rm_is_exact_for_the_quarter_turns_in_every_mode(padding, fusion, dihedral, mode):
+    """Strides, BatchNorm and a shortcut, train and eval mode, mean and max: the quarter turns
+    inside C8 (and the mirrors inside D8) stay exact to float rounding, whatever the padding."""
+    torch.manual_seed(0)
+    block = perturb_batchnorm(two_blocks())
+    rm = RotationMeanout(block, k=8, fusion=fusion, dihedral=dihedral, padding=padding).train(mode == "train")
+    x = torch.randn(3, 3, 13, 13)
+    y = rm(x)
+    exact = [g for g in rm.group.elements if rm.group.angle(g) % 90 == 0]
+    assert len(exact) == (8 if dihedral else 4)
+    for g in exact:
+        assert torch.allclose(rm(rm.group.act(x, g)), rm.group.act(y, g), atol=1e-5), g
+
+
+def test_padding_none_keeps_the_map_size_and_costs_half_of_full_padding():
+    """Every copy runs at the input's size (no ⌈√2·side⌉ padding): 8 copies, not 8 padded ones."""
+    seen = []
+    block = nn.Conv2d(1, 1, 3, padding=1)
+    block.register_forward_hook(lambda module, args, out: seen.append(tuple(args[0].shape)))
+    x = torch.randn(2, 1, 21, 21)
+    for padding in PADDINGS:
+        assert RotationMeanout(block, k=8, padding=padding)(x).shape == x.shape
+    assert seen == [(16, 1, 21, 21), (16, 1, 31, 31)]
+
+
+@pytest.mark.parametrize("fusion", ["mean", "max", "embedding"])
+def test_padding_none_keeps_content_at_the_corners(fusion):
+    """Where a 45° copy leaves the map, the copies that cover the pixel fill it in: an identity
+    block returns a constant map unchanged, corners included, whatever the fusion."""
+    rm = RotationMeanout(nn.Identity(), k=8, fusion=fusion, channels=2).eval()
+    x = torch.full((1, 2, 16, 16), 3.0)
+    torch.testing.assert_close(rm(x), x)
+
+
+def test_padding_none_mean_is_the_coverage_weighted_mean_of_the_copies():
+    """Interior pixels: the plain mean of all 8 copies; a corner: the mean of the 4 quarter turns."""
+    torch.manual_seed(0)
+    block = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU()).eval()
+    x = torch.randn(1, 2, 17, 17)
+    group = make_group(8)
+    copies = torch.stack([group.act(block(group.act(x, g)), group.inverse(g)) for g in group.elements])
+    y = RotationMeanout(block, k=8).eval()(x)
+    torch.testing.assert_close(y[..., 8, 8], copies[..., 8, 8].mean(0))
+    torch.testing.assert_close(y[..., 0, 0], copies[::2, ..., 0, 0].mean(0))
+    max_rm = RotationMeanout(block, k=8, fusion="max").eval()
+    torch.testing.assert_close(max_rm(x)[..., 8, 8], copies[..., 8, 8].amax(0))
+
+
+@pytest.mark.parametrize("padding", PADDINGS)
+def test_interpolated_rm_runs_backward_and_updates_batchnorm_once(padding):
+    block = conv_bn_block()
+    rm = RotationMeanout(block, k=8, padding=padding).train()
+    rm(torch.randn(2, 3, 9, 9)).square().mean().backward()
+    assert block[1].num_batches_tracked.item() == 1
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in block.parameters())
+
+
+def test_k6_works_with_either_padding_and_unknown_padding_is_rejected():
+    x = torch.randn(2, 3, 12, 12)
+    block = nn.Conv2d(3, 4, 3, padding=1).eval()
+    outputs = [RotationMeanout(block, k=6, padding=p).eval()(x) for p in PADDINGS]
+    assert all(out.shape == (2, 4, 12, 12) for out in outputs)
+    inner = slice(4, -4)  # away from the corners the two paddings agree up to the blocks' borders
+    assert torch.allclose(outputs[0][..., inner, inner], outputs[1][..., inner, inner], atol=1e-4)
+    with pytest.raises(ValueError, match="unknown padding 'corners'"):
+        RotationMeanout(block, k=8, padding="corners")
+
+
+def test_c8_on_a_non_square_map_names_the_shape():
+    with pytest.raises(ValueError, match=r"square feature maps.*\(1, 2, 6, 8\)"):
+        RotationMeanout(nn.Identity(), k=8)(torch.zeros(1, 2, 6, 8))

@@ -5,6 +5,11 @@
 With mean or max fusion RM is equivariant (RM(g X) = g RM(X)) and adds no parameter, so a
 global average pool after it is invariant. The n rotated copies run as one batch of n·B, which
 is faster than n calls and lets BatchNorm see one set of statistics for all of them.
+
+Rotations by multiples of 90° permute indices (exact). Other angles resample bilinearly; their
+copies either keep the map size (``padding="none"``, the default: a copy contributes where its
+rotation covers the map, the consensus of the others fills the rest) or are zero-padded to
+⌈√2·side⌉ first (``padding="full"``, the paper's choice: about twice the work per copy).
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from rmnet.groups import CyclicGroup, make_group
 
 Fusion = Literal["mean", "max", "embedding"]
 FUSIONS: tuple[str, ...] = ("mean", "max", "embedding")
+Padding = Literal["none", "full"]
+PADDINGS: tuple[str, ...] = ("none", "full")
 
 
 class MeanFusion(nn.Module):
@@ -76,20 +83,27 @@ def rotation_meanout(
     group: CyclicGroup,
     fusion: Callable[[torch.Tensor], torch.Tensor],
     rotate: bool = True,
+    padding: Padding = "none",
 ) -> torch.Tensor:
-    """Apply RM to ``x`` (B, C, H, W). One branch means shared weights (one batched call)."""
+    """Apply RM to ``x`` (B, C, H, W). One branch means shared weights (one batched call).
+
+    ``padding`` matters only for angles that are not multiples of 90°: "none" keeps the map
+    size (see :func:`complete_uncovered`), "full" zero-pads to ⌈√2·side⌉ and crops after
+    realignment (the paper).
+    """
     if x.dim() != 4:
         raise ValueError(f"RotationMeanout expects feature maps (B, C, H, W), got shape {tuple(x.shape)}")
+    if padding not in PADDINGS:
+        raise ValueError(f"unknown padding {padding!r}; choose one of {', '.join(PADDINGS)}")
     elements = list(group.elements)
     n, b = len(elements), x.shape[0]
-    exact = group.is_exact or not rotate
-    if rotate and group.is_exact and any(group.angle(g) % 180 for g in elements):
-        if x.shape[-1] != x.shape[-2]:
-            raise ValueError(
-                f"RotationMeanout with 90° rotations needs square feature maps, got shape "
-                f"{tuple(x.shape)}; use a square input size (e.g. 224×224)"
-            )
-    pad = 0 if exact else _corner_padding(x.shape[-2], x.shape[-1])
+    interpolated = rotate and not group.is_exact
+    if rotate and any(group.angle(g) % 180 == 90 for g in elements) and x.shape[-1] != x.shape[-2]:
+        raise ValueError(
+            f"RotationMeanout with 90° rotations needs square feature maps, got shape "
+            f"{tuple(x.shape)}; use a square input size (e.g. 224×224)"
+        )
+    pad = _corner_padding(x.shape[-2], x.shape[-1]) if interpolated and padding == "full" else 0
     if pad:
         x = F.pad(x, (pad, pad, pad, pad))
 
@@ -105,8 +119,42 @@ def rotation_meanout(
         y = torch.stack([group.act(y[i], group.inverse(g)) for i, g in enumerate(elements)])
     if pad:
         y = _crop_to_fraction(y, x.shape[-2] - 2 * pad, x.shape[-2])
+    elif interpolated:
+        cover = coverage(group, y.shape[-2:], dtype=y.dtype, device=y.device)
+        if isinstance(fusion, MeanFusion):  # the same as completing, then averaging; cheaper
+            return y.sum(dim=0) / cover.sum(dim=0)
+        y = complete_uncovered(y, cover)
     # Fusion.
     return fusion(y)
+
+
+def coverage(
+    group: CyclicGroup, size: Sequence[int], dtype: torch.dtype = torch.float32, device=None
+) -> torch.Tensor:
+    """(n, 1, 1, H, W): how much of each pixel copy i keeps through its rotation and back.
+
+    The round trip g_i⁻¹(g_i 1) of a constant map of the output's size: 1 everywhere for the
+    copies rotated by multiples of 90° (index permutation); for an interpolated angle 1 inside the
+    map's rotated square, 0 in the corners the rotation leaves off the map (their content was
+    lost in the expansion and their output in the realignment), bilinear fractions between.
+    """
+    ones = torch.ones(1, 1, *size, dtype=dtype, device=device)
+    with torch.no_grad():
+        return torch.stack([group.act(group.act(ones, g), group.inverse(g)) for g in group.elements])
+
+
+def complete_uncovered(y: torch.Tensor, cover: torch.Tensor) -> torch.Tensor:
+    """Fill the part of each realigned copy that its rotation left off the map with the consensus.
+
+    ``y`` (n, B, C, H, W) holds the realigned copies, ``cover`` (n, 1, 1, H, W) their
+    :func:`coverage`. The consensus is m = Σ y_i / Σ cover_i, and copy i becomes
+    y_i + (1 − cover_i)·m: unchanged where it covers the pixel, m where it does not. The mean of
+    the completed copies is exactly m, so mean fusion averages, at each pixel, the copies that
+    cover it (an identity block returns a constant map unchanged, corners included); the copies
+    rotated by multiples of 90° cover every pixel, so the quarter turns in the group stay exact.
+    """
+    consensus = y.sum(dim=0) / cover.sum(dim=0)
+    return y + (1 - cover) * consensus
 
 
 def _corner_padding(h: int, w: int) -> int:
@@ -146,6 +194,9 @@ class RotationMeanout(nn.Module):
         k: number of rotations (θ = 360°/k); k = 4 is exact, others interpolate.
         fusion: "mean" (the paper's meanout), "max", or "embedding" (a 1×1 conv; needs channels).
         dihedral: also average over the mirror images (the group D_k, 2k copies).
+        padding: for angles that are not multiples of 90° (k = 6, 8, …): "none" (default) keeps
+            the map size, each interpolated copy counting where its rotation covers the map;
+            "full" zero-pads every copy to ⌈√2·side⌉ first and crops after (the paper; ~2× work).
         rotate: False gives the paper's RM-WR ablation (k identical copies, no rotation).
         share_weights: False gives the paper's RM-NWS ablation (k independent copies of block).
         channels: the block's output channels, needed only for fusion="embedding".
@@ -161,10 +212,14 @@ class RotationMeanout(nn.Module):
         rotate: bool = True,
         share_weights: bool = True,
         channels: int | None = None,
+        padding: Padding = "none",
     ) -> None:
         super().__init__()
+        if padding not in PADDINGS:
+            raise ValueError(f"unknown padding {padding!r}; choose one of {', '.join(PADDINGS)}")
         self.group = make_group(k, dihedral)
         self.rotate = rotate
+        self.padding = padding
         self.block = block
         copies = self.group.order
         # RM-NWS: copies 1..n-1 get their own weights, initialised from the block's.
@@ -179,12 +234,15 @@ class RotationMeanout(nn.Module):
         return [self.block, *(self.extra_branches or [])]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return rotation_meanout(x, self.branches, self.group, self.fusion, rotate=self.rotate)
+        return rotation_meanout(
+            x, self.branches, self.group, self.fusion, rotate=self.rotate, padding=self.padding
+        )
 
     def extra_repr(self) -> str:
         return (
             f"group={self.group}, fusion={self.fusion_name}, rotate={self.rotate}, "
             f"share_weights={self.extra_branches is None}"
+            + ("" if self.group.is_exact else f", padding={self.padding}")
         )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -9,33 +10,84 @@ from torchvision.transforms import v2
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+FULL_CIRCLE = 360.0
 _HFLIP = v2.RandomHorizontalFlip(p=1.0)
 _VFLIP = v2.RandomVerticalFlip(p=1.0)
+_TRUE_WORDS = ("true", "yes", "on")
+_FALSE_WORDS = ("false", "no", "off", "none")
+
+
+def max_rotation_angle(value: bool | float | int | str | None) -> float:
+    """The largest rotation angle in degrees that rotation augmentation may draw, from any spelling.
+
+    Numbers are degrees in [0, 360]: 0 is off, 45 draws uniformly from [−45°, 45°], 180 or more
+    the whole circle. For backward compatibility ``True`` (and "true", "yes", "on") is 360 and
+    ``False``/``None`` (and "false", "no", "off", "none") is 0.
+    """
+    if value is None or isinstance(value, bool):
+        return FULL_CIRCLE if value else 0.0
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word in _TRUE_WORDS or word in _FALSE_WORDS:
+            return FULL_CIRCLE if word in _TRUE_WORDS else 0.0
+        try:
+            value = float(word)
+        except ValueError as err:
+            raise ValueError(
+                f"rotation_augmentation must be an angle in degrees (0–360) or true/false, got {value!r}"
+            ) from err
+    angle = float(value)
+    if not math.isfinite(angle) or not 0.0 <= angle <= FULL_CIRCLE:
+        raise ValueError(
+            f"rotation_augmentation must be an angle in degrees between 0 (off) and 360 (the whole "
+            f"circle), got {value!r}"
+        )
+    return angle
+
+
+def random_rotation(max_angle: bool | float | str | None) -> v2.RandomRotation | None:
+    """A bilinear rotation by an angle uniform in [−max_angle, max_angle] (zeros outside), or None for 0.
+
+    From 180° up it is the whole circle, drawn from [0°, 360°) as the boolean option always did.
+    With RM over C4 (exact quarter turns) 45° covers every orientation; 22.5° with C8.
+    """
+    angle = max_rotation_angle(max_angle)
+    if angle == 0.0:
+        return None
+    degrees = (0.0, FULL_CIRCLE) if angle >= 180.0 else (-angle, angle)
+    return v2.RandomRotation(degrees=degrees, interpolation=v2.InterpolationMode.BILINEAR)
 
 
 def build_transform(
     train: bool,
     image_size: int,
     resize: int | None = None,
-    rotation_augmentation: bool = False,
+    rotation_augmentation: bool | float = 0.0,
+    flips: bool = True,
 ) -> Callable:
     """The paper's recipe (SPEC §3) as a v2 pipeline returning a normalised float tensor (3, S, S).
 
     Train: short edge to ``resize`` (default ``round(image_size * 256 / 224)``, i.e. 256 for 224),
     a random ``image_size`` crop of the image "or its horizontal flip or vertical flip" (one of the
-    three, equally likely; never both flips, which would be a 180° rotation). Eval: the same resize and a
-    centre crop. ``rotation_augmentation`` (the "RA" baseline, train only) rotates the resized
-    image by an angle uniform in [0, 360) before cropping; the paper's RM runs never use it.
+    three, equally likely; never both flips, which would be a 180° rotation); ``flips=False``
+    leaves the flips out. Eval: the same resize and a centre crop. ``rotation_augmentation``
+    (train only) is the largest rotation angle in degrees: the resized image is rotated by an
+    angle uniform in [−angle, angle] (180 or more, or True: the whole circle, the "RA" baseline)
+    before cropping; 0 or False (the default) is off, and the paper's RM runs never use it.
     """
     resize = resize or round(image_size * 256 / 224)
     if resize < image_size:
         raise ValueError(f"resize ({resize}) must be at least image_size ({image_size})")
     steps: list[Callable] = [v2.ToImage(), v2.Resize(resize, antialias=True)]
     if train:
-        if rotation_augmentation:
-            steps.append(v2.RandomRotation(degrees=(0.0, 360.0), interpolation=v2.InterpolationMode.BILINEAR))
-        steps += [v2.RandomCrop(image_size), v2.RandomChoice([v2.Identity(), _HFLIP, _VFLIP])]
+        rotation = random_rotation(rotation_augmentation)
+        if rotation is not None:
+            steps.append(rotation)
+        steps.append(v2.RandomCrop(image_size))
+        if flips:
+            steps.append(v2.RandomChoice([v2.Identity(), _HFLIP, _VFLIP]))
     else:
+        max_rotation_angle(rotation_augmentation)  # validate it all the same
         steps.append(v2.CenterCrop(image_size))
     steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
     return v2.Compose(steps)
