@@ -22,6 +22,9 @@ from rmnet.evaluate import (
     rotation_robustness,
     summary_markdown,
 )
+from rmnet.groups import rotate
+from rmnet.metrics.classification import predict_labels
+from rmnet.models.base import ImageClassifier
 from rmnet.train import repeat, train
 
 CLASSES = ["a", "b", "c"]
@@ -38,13 +41,34 @@ def invariant_model() -> nn.Module:
     return create_model("small_cnn", 3, rm="all", width=8).eval()
 
 
-class TopVersusBottom(nn.Module):
+class TopVersusBottom(ImageClassifier):
     """Class 0 when the top half is brighter than the bottom half, else class 1: rotating by 180° flips it."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    num_classes, num_features = 2, 1
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         half = x.shape[-2] // 2
-        contrast = x[..., :half, :].mean(dim=(1, 2, 3)) - x[..., half:, :].mean(dim=(1, 2, 3))
-        return torch.stack([contrast, -contrast], dim=1)
+        return (x[..., :half, :].mean(dim=(1, 2, 3)) - x[..., half:, :].mean(dim=(1, 2, 3)))[:, None]
+
+    def forward_head(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return features, torch.cat([features, -features], dim=1)
+
+
+def orientation_sensitive_model() -> nn.Module:
+    """A plain small CNN (not invariant) with its logits scaled up, so rotations move its scores a lot."""
+    torch.manual_seed(0)
+    model = create_model("small_cnn", 3, width=8).eval()
+    with torch.no_grad():
+        model.fc.weight.mul_(300.0)
+    return model
+
+
+def angle_row(robustness: dict, angle) -> dict:
+    """The metrics of one test angle in a rotation_robustness result (rows keyed by their angle)."""
+    rows = robustness["angles"]
+    if isinstance(rows, dict):  # keyed by the angle's name, "90" or "random"
+        return rows[angle if angle == "random" else f"{float(angle):g}"]
+    return next(row for row in rows if row["angle"] == (angle if angle == "random" else float(angle)))
 
 
 def test_an_invariant_model_scores_the_same_at_every_multiple_of_90_degrees():
@@ -52,11 +76,11 @@ def test_an_invariant_model_scores_the_same_at_every_multiple_of_90_degrees():
     robustness = rotation_robustness(
         predictions, CLASSES, angles=(90, 180, 270), sweep=(0, 90, 180, 270, 360)
     )
-    upright = robustness["angles"]["0"]
-    for angle in ("90", "180", "270"):
-        assert robustness["angles"][angle]["changed"] == 0.0
+    upright = angle_row(robustness, 0)
+    for angle in (90, 180, 270):
+        assert angle_row(robustness, angle)["changed"] == 0.0
         for key in ("accuracy", "balanced_accuracy", "mean_precision", "kappa"):
-            assert robustness["angles"][angle][key] == pytest.approx(upright[key], abs=1e-12), (angle, key)
+            assert angle_row(robustness, angle)[key] == pytest.approx(upright[key], abs=1e-12), (angle, key)
         np.testing.assert_allclose(predictions[float(angle)].y_score, predictions[0.0].y_score, atol=1e-5)
     assert robustness["sweep"]["changed"] == [0.0] * 5
 
@@ -68,8 +92,8 @@ def test_changed_counts_the_predictions_that_a_rotation_flips():
     data = TensorDataset(images, torch.tensor([0, 0, 1, 1]))
     predictions = predict_rotated(TopVersusBottom(), data, [0.0, 90.0, 180.0])
     robustness = rotation_robustness(predictions, ["top", "bottom"], angles=(90, 180), sweep=(0, 180))
-    assert robustness["angles"]["0"]["accuracy"] == 1.0
-    assert robustness["angles"]["180"] == pytest.approx(
+    assert angle_row(robustness, 0)["accuracy"] == 1.0
+    assert {k: v for k, v in angle_row(robustness, 180).items() if k != "angle"} == pytest.approx(
         {
             "accuracy": 0.0,
             "balanced_accuracy": 0.0,
@@ -79,7 +103,7 @@ def test_changed_counts_the_predictions_that_a_rotation_flips():
             "changed": 1.0,
         }  # fmt: skip
     )
-    assert robustness["angles"]["90"]["changed"] == 1.0  # top/bottom contrast 0: a tie, so no class
+    assert angle_row(robustness, 90)["changed"] == 1.0  # top/bottom contrast 0: a tie, so no class
     assert robustness["sweep"]["accuracy"] == [1.0, 0.0]
 
 
@@ -89,6 +113,36 @@ def test_predict_gives_probabilities_labels_and_last_layer_features():
     np.testing.assert_allclose(result.y_score.sum(axis=1), 1.0, rtol=1e-6)
     assert result.y_pred.tolist() == result.y_score.argmax(axis=1).tolist()
     assert result.features.shape == (10, 8)  # the pooled features of a width-8 small CNN
+
+
+@pytest.mark.parametrize("angle", [90.0, 180.0, 270.0, 45.0, 30.0])
+def test_predictions_at_an_angle_are_those_of_the_rotated_images(angle):
+    # A plain CNN is not invariant: rotation must change its scores, and by exactly this much.
+    model, data = orientation_sensitive_model(), random_images(n=10)
+    predictions = predict_rotated(model, data, [0.0, angle], batch_size=4, device="cpu", progress=False)
+    images = data.tensors[0]
+    with torch.no_grad():
+        expected = torch.softmax(model(rotate(images, angle)), dim=1).numpy()
+        upright = torch.softmax(model(images), dim=1).numpy()
+    assert np.abs(expected - upright).max() > 0.1  # the rotation matters to this model
+    np.testing.assert_allclose(predictions[angle].y_score, expected, atol=1e-5)
+    np.testing.assert_allclose(predictions[0.0].y_score, upright, atol=1e-5)
+    assert predictions[angle].y_pred.tolist() == predict_labels(expected).tolist()
+
+
+def test_random_angles_rotate_every_image_by_its_own_angle():
+    model, data = orientation_sensitive_model(), random_images(n=12)
+    predictions = predict_rotated(model, data, [0.0, "random"], batch_size=5, device="cpu", progress=False)
+    upright, rotated = predictions[0.0].y_score, predictions["random"].y_score
+    assert np.abs(rotated - upright).max() > 0.1
+    # Image i turns by the i-th angle drawn from the seed (uniform in [0°, 360°)).
+    angles = np.random.default_rng(0).uniform(0.0, 360.0, len(data))
+    with torch.no_grad():
+        expected = torch.cat(
+            [torch.softmax(model(rotate(image[None], float(a))), dim=1) for image, a in
+             zip(data.tensors[0], angles, strict=True)]
+        ).numpy()  # fmt: skip
+    np.testing.assert_allclose(rotated, expected, atol=1e-5)
 
 
 def test_random_angles_are_reproducible_for_a_seed():

@@ -117,10 +117,50 @@ def test_best_checkpoint_follows_the_validation_metric(tmp_path):
     assert read_checkpoint(result.best_path)["epoch"] == 1 + losses.index(min(losses))
 
 
-def test_amp_and_channels_last_run_on_the_cpu():
-    data = tiny_dataset(n=16)
-    result = fit(tiny_config(epochs=1, amp=True, channels_last=True), data, data, progress=False)
+def _conv_output_dtypes(config: TrainConfig) -> set[torch.dtype]:
+    """The dtypes of every convolution's output while ``config`` trains one epoch."""
+    seen: set[torch.dtype] = set()
+
+    def record(module, inputs, output):
+        if isinstance(module, torch.nn.Conv2d):
+            seen.add(output.dtype)
+
+    handle = torch.nn.modules.module.register_module_forward_hook(record)
+    try:
+        data = tiny_dataset(n=16)
+        result = fit(config, data, data, progress=False)
+    finally:
+        handle.remove()
     assert torch.isfinite(torch.tensor(result.history[0]["train_loss"]))
+    return seen
+
+
+def test_amp_on_the_cpu_runs_the_forward_pass_in_bfloat16():
+    assert _conv_output_dtypes(tiny_config(epochs=1, amp=True, channels_last=True)) == {torch.bfloat16}
+    assert _conv_output_dtypes(tiny_config(epochs=1, amp=False)) == {torch.float32}  # and off is off
+
+
+class WithBrokenImage(Dataset):
+    """A dataset whose image ``bad`` is all NaN, like a broken file decoded into garbage."""
+
+    def __init__(self, data: TensorDataset, bad: int) -> None:
+        self.data, self.bad, self.labels = data, bad, data.tensors[1]
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i):
+        image, label = self.data[i]
+        return (torch.full_like(image, float("nan")) if i == self.bad else image), label
+
+
+def test_a_non_finite_loss_stops_training_with_advice_and_writes_no_checkpoint(tmp_path):
+    data = tiny_dataset(n=16)
+    with pytest.raises(FloatingPointError, match=r"the loss became nan .*lower --lr or check the data"):
+        fit(tiny_config(epochs=2), WithBrokenImage(data, bad=5), data, tmp_path, progress=False)
+    assert not (tmp_path / "checkpoints/last.pt").exists()
+    with pytest.raises(FloatingPointError, match=r"the loss became (nan|inf)"):  # a far too high lr
+        fit(tiny_config(epochs=3, lr=1e12), data, data, progress=False)
 
 
 def test_dataset_labels_reads_labels_without_loading_images_and_explains_when_it_cannot():
