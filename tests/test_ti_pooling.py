@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from rmnet import create_model, list_models
-from rmnet.groups import CyclicGroup
+from rmnet.groups import CyclicGroup, rotate
 from rmnet.models import PRESETS
 
 TINY = dict(width=8)
@@ -63,10 +63,24 @@ def test_ti_pooling_takes_the_max_over_rotated_copies_of_the_features():
     torch.testing.assert_close(ti.forward_features(x), per_copy.amax(dim=0))
 
 
-def test_ti_pooling_with_eight_rotations_keeps_shapes():
-    model = create_model("ti_pooling_small_cnn", num_classes=3, k=8, **TINY).eval()
-    assert model(torch.randn(2, 3, 16, 16)).shape == (2, 3)
-    assert model.group.order == 8
+def test_ti_pooling_with_eight_rotations_maxes_over_copies_at_every_45_degrees():
+    torch.manual_seed(0)
+    ti = create_model("ti_pooling_small_cnn", num_classes=3, k=8, **TINY).eval()
+    plain = create_model("small_cnn", num_classes=3, **TINY).eval()
+    plain.load_state_dict(ti.state_dict())  # the same weights, without TI-pooling
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        per_copy = torch.stack([plain.forward_features(rotate(x, 45.0 * i)) for i in range(8)])
+        features = ti.forward_features(x)
+        torch.testing.assert_close(features, per_copy.amax(dim=0), atol=1e-5, rtol=1e-5)
+        # The 45° copies count: the max over eight copies exceeds the max over the quarter turns.
+        assert (features >= per_copy[::2].amax(dim=0) - 1e-6).all()
+        assert (features > per_copy[::2].amax(dim=0) + 1e-4).any()
+        assert ti(x).shape == (2, 3) and ti.group.order == 8
+        # Quarter turns of the input permute the eight copies: exactly invariant to them.
+        for quarter_turns in (1, 2, 3):
+            rotated = ti.forward_features(torch.rot90(x, quarter_turns, (-2, -1)))
+            torch.testing.assert_close(rotated, features, atol=1e-5, rtol=1e-5)
 
 
 def test_ti_pooling_rejects_rotation_meanout_options():
