@@ -8,7 +8,7 @@ import torchvision
 from torch import nn
 
 from rmnet import RotationMeanout, create_model, list_models, register_model
-from rmnet.models import PRESETS, parse_rm_spec
+from rmnet.models import PRESETS, ImageClassifier, parse_rm_spec
 
 PAPER_BACKBONES = ["resnet18", "resnet34", "inception_v3", "efficientnet_b0", "regnet_y_800mf"]
 EXPECTED_REGIONS = {
@@ -95,8 +95,8 @@ def test_inception_skips_the_auxiliary_head_and_transforms_input_for_imagenet_we
     torch.save(reference.state_dict(), path)
     model = create_model("inception_v3", num_classes=8, rm="C-E", pretrained=path)
     assert not any(key.startswith("AuxLogits") for key in model.state_dict())
-    assert hasattr(model, "input_transform")
-    assert not hasattr(create_model("inception_v3", num_classes=8), "input_transform")
+    assert model.input_transform is not None
+    assert create_model("inception_v3", num_classes=8).input_transform is None
     x = torch.zeros(1, 3, 75, 75)  # ImageNet mean, normalised → the [-1, 1] scaling's value
     expected = (torch.tensor([0.485, 0.456, 0.406]) - 0.5) / 0.5
     assert torch.allclose(model.input_transform(x)[0, :, 0, 0], expected)
@@ -208,11 +208,11 @@ def test_embedding_fusion_through_the_factory_adds_only_its_1x1_convs():
 
 def test_any_torchvision_cnn_takes_rm_by_module_path():
     model = create_model("mobilenet_v3_small", num_classes=3, rm=["features.9"])
-    assert isinstance(model.features[9], RotationMeanout)
+    assert isinstance(model.model.features[9], RotationMeanout)
     assert model(torch.randn(1, 3, 64, 64)).shape == (1, 3)
     with pytest.raises(ValueError, match="no block numbering"):
         create_model("mobilenet_v3_small", rm="5-8")
-    with pytest.raises(ValueError, match="hash_bits needs a preset"):
+    with pytest.raises(ValueError, match="hash_bits needs a registered model"):
         create_model("mobilenet_v3_small", hash_bits=16)
 
 
@@ -222,16 +222,71 @@ def test_unknown_backbone_lists_the_choices():
     assert set(PAPER_BACKBONES) <= set(list_models())
 
 
-def test_registered_builders_get_only_the_options_the_caller_set():
-    @register_model("test_tiny_linear")
-    def tiny(num_classes: int, width: int = 4) -> nn.Module:
-        return nn.Sequential(nn.Flatten(), nn.LazyLinear(num_classes))
+@pytest.fixture
+def temporary_model_name():
+    """A model name for a test to register; removed from the registry afterwards, so the test can
+    run again in the same process (pytest --count, a notebook, a second collection)."""
+    name = "test_tiny_linear"
+    yield name
+    from rmnet.models import factory
 
-    assert isinstance(create_model("test_tiny_linear", num_classes=3, width=2), nn.Sequential)
-    with pytest.raises(ValueError, match=r"does not take these options \['rm'\]"):
-        create_model("test_tiny_linear", rm="5-8")
+    if hasattr(factory, "unregister_model"):
+        factory.unregister_model(name)
+    else:  # the registry before unregister_model existed
+        for registry in ("_REGISTRY", "_CUSTOM"):
+            getattr(factory, registry, {}).pop(name, None)
+    assert name not in list_models()
+
+
+@pytest.mark.parametrize("attempt", [1, 2])  # the second attempt fails if the first leaked its name
+def test_registered_builders_get_only_the_options_the_caller_set(temporary_model_name, attempt):
+    class TinyLinear(ImageClassifier):
+        def __init__(self, num_classes: int, width: int = 4) -> None:
+            super().__init__()
+            self.num_classes, self.num_features = num_classes, 3
+            self.fc = nn.Linear(3, num_classes)
+
+        def forward_features(self, x):
+            return x.mean(dim=(-2, -1))
+
+        def forward_head(self, features):
+            return features, self.fc(features)
+
+    @register_model(temporary_model_name)
+    def tiny(num_classes: int, width: int = 4) -> nn.Module:
+        return TinyLinear(num_classes, width)
+
+    assert temporary_model_name in list_models()
+    assert isinstance(create_model(temporary_model_name, num_classes=3, width=2), TinyLinear)
+    with pytest.raises(ValueError, match=r"does not take .*rm"):
+        create_model(temporary_model_name, rm="5-8")
     with pytest.raises(ValueError, match="already registered"):
         register_model("resnet18")(tiny)
+
+
+def test_overlapping_rm_regions_are_an_error():
+    with pytest.raises(ValueError, match="RM regions overlap"):
+        create_model("resnet18", rm=["layer3", "layer3.1"])  # layer3.1 is inside layer3
+    with pytest.raises(ValueError, match="RM regions overlap"):
+        create_model("small_cnn", rm=["block2", "block2"], width=8)
+
+
+def test_relaxed_range_puts_one_rm_around_each_block():
+    model = create_model("resnet18", rm="relaxed:5-8")
+    assert model.rm_regions() == [
+        ("layer3.0", "layer3.0"),
+        ("layer3.1", "layer3.1"),
+        ("layer4.0", "layer4.0"),
+        ("layer4.1", "layer4.1"),
+    ]
+    assert len(model.rm) == 4 and n_params(model) == n_params(create_model("resnet18"))
+    # Each wrapped block is equivariant on its own: rotating its input rotates its output.
+    region = model.rm[1]
+    z = torch.randn(1, 256, 8, 8)
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(region(torch.rot90(z, 1, (-2, -1))), torch.rot90(region(z), 1, (-2, -1)))
+    assert model(torch.randn(1, 3, 64, 64)).shape == (1, 8)
 
 
 def test_deepcopy_gives_an_independent_model_with_the_same_function():
