@@ -52,8 +52,9 @@ def test_train_evaluate_and_resume_through_the_command_line(lesions, tmp_path, c
 
     assert main(["evaluate", str(run), "--sweep-step", "90", "--no-tsne", "--device", "cpu", "--quiet"]) == 0
     out = capsys.readouterr().out
-    assert "accuracy, rotated 90" in out and f"report: {run / 'report' / 'report.md'}" in out
-    assert json.loads((run / "report/report.json").read_text())["rotation"]["angles"]["180"]["changed"] >= 0
+    assert "accuracy, 90°" in out and f"report: {run / 'report' / 'report.md'}" in out
+    rotation = json.loads((run / "report/report.json").read_text())["rotation"]
+    assert [row["angle"] for row in rotation["angles"]] == [0, 90, 180, 270, "random"]
 
     # A checkpoint file on a folder of images: every image is evaluated.
     checkpoint = str(run / "checkpoints/best.pt")
@@ -135,7 +136,7 @@ def test_python_dash_m_rmnet_runs_the_same_command_line():
 
 def test_prepare_writes_the_cache_that_train_reads(lesions, tmp_path, capsys):
     cache = tmp_path / "cache"
-    assert main(["prepare", str(lesions), "--out", str(cache), "--short-edge", "18", "--workers", "1"]) == 0
+    assert main(["prepare", "--data", str(lesions), "--out", str(cache), "--resize", "18", "--workers", "1"]) == 0
     assert f"--cache {cache}" in capsys.readouterr().out
     assert len(list(cache.rglob("*.jpg"))) == 24
     argv = [

@@ -19,7 +19,7 @@ def test_defaults_are_the_papers_recipe():
     )
     assert (config.epochs, config.batch_size, config.lr, config.momentum) == (60, 32, 0.01, 0.9)
     assert (config.weight_decay, config.lr_step, config.lr_gamma) == (5e-4, 20, 0.1)
-    assert (config.image_size, config.rotation_augmentation, config.val_metric) == (
+    assert (config.input_size(), config.rotation_augmentation, config.val_metric) == (
         224,
         False,
         "balanced_accuracy",

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 import rmnet
 from rmnet.objectives import build_objective
-from rmnet.retrieval.losses import balanced_target_codes, hash_centres
+from rmnet.objectives.hashing import balanced_target_codes, hash_centres
 
 BITS, CLASSES = 8, 3
 NAMES = ["dch", "dpn", "csq", "cri"]

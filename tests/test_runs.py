@@ -77,7 +77,7 @@ def test_a_missing_or_incomplete_run_folder_is_a_clear_error(tmp_path, run_dir):
 
 def test_load_checkpoint_rejects_a_file_that_is_not_a_checkpoint(tmp_path):
     (tmp_path / "weights.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="not a readable rmnet checkpoint"):
+    with pytest.raises(ValueError, match="truncated or damaged"):
         load_checkpoint(tmp_path / "weights.pt")
     torch.save({"model": {}}, tmp_path / "partial.pt")
     with pytest.raises(ValueError, match="lacks config, class_names"):

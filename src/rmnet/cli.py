@@ -15,13 +15,17 @@ import argparse
 import dataclasses
 import json
 import os
+import shlex
 import sys
 import typing
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from rmnet import __version__
 from rmnet.config import TrainConfig
+from rmnet.io import format_percent
 from rmnet.retrieval.cli import add_commands as add_retrieval_commands
+from rmnet.service.cli import add_serve_command  # argparse only: the service loads when run
 
 EXIT_USER_ERROR = 1
 EXIT_INTERRUPTED = 130
@@ -48,12 +52,16 @@ def add_prepare_command(commands: argparse._SubParsersAction) -> None:
         formatter_class=DefaultsFormatter,
         description="Read a data set (ISIC 2019 folder, folder of class folders, or CSV of path,label) "
         "and write a copy of every image with its short edge resized, for `rmnet train --data DATA "
-        "--cache OUT`. The short edge must match training: 256 for --image-size 224. Resumable: run it "
-        "again after an interruption.",
+        "--cache OUT`. The short edge must match training's --resize: 256 for --image-size 224. "
+        "Resumable: run it again after an interruption.",
     )
-    parser.add_argument("data", help="ISIC 2019 folder, folder with one sub-folder per class, or CSV")
+    parser.add_argument(
+        "--data", required=True, help="ISIC 2019 folder, folder with one sub-folder per class, or CSV"
+    )
     parser.add_argument("--out", required=True, help="cache folder to write")
-    parser.add_argument("--short-edge", type=int, default=256, help="short edge of the cached images")
+    parser.add_argument(
+        "--resize", type=_positive_int, default=256, help="short edge of the cached images (train's --resize)"
+    )
     parser.add_argument("--ground-truth", help="ISIC ground-truth CSV (default: found in DATA)")
     parser.add_argument("--metadata", help="ISIC metadata CSV with lesion_id (default: found in DATA)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel image workers")
@@ -64,9 +72,12 @@ def run_prepare(args: argparse.Namespace) -> None:
     from rmnet.data import load_image_table, prepare_cache
 
     table = load_image_table(args.data, ground_truth=args.ground_truth, metadata=args.metadata)
-    cached = prepare_cache(table, args.out, short_edge=args.short_edge, workers=args.workers)
+    cached = prepare_cache(table, args.out, short_edge=args.resize, workers=args.workers)
     print(f"{len(cached)} images in {len(cached.class_names)} classes cached in {args.out}")
-    print(f"next: rmnet train --data {args.data} --cache {args.out} --out runs/NAME")
+    print(
+        "next: "
+        + shlex.join(["rmnet", "train", "--data", args.data, "--cache", args.out, "--out", "runs/NAME"])
+    )
 
 
 # rmnet train
@@ -85,6 +96,12 @@ def add_train_command(commands: argparse._SubParsersAction) -> None:
         "--out", required=True, help="run folder to write (with --seeds: one sub-folder per seed)"
     )
     parser.add_argument("--config", help="TrainConfig JSON to start from (e.g. a run's config.json)")
+    parser.add_argument(
+        "--recipe",
+        choices=("paper",),
+        help="start from the paper's recipe for --arch: ImageNet weights, 60 epochs (80 with --hash-bits), "
+        "the architecture's input size; options given explicitly still override it",
+    )
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run from last.pt")
     parser.add_argument(
         "--seeds", type=int, nargs="+", help="train once per seed into OUT/seed-S (mean ± SD)"
@@ -134,15 +151,21 @@ def _json_object(text: str) -> dict:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """--config (with --resume: the run's config.json; else the defaults), then the options given."""
+    """--config (with --resume: the run's config.json; with --recipe paper: the paper's recipe for
+    --arch; else the defaults), then the options given."""
     saved = Path(args.out) / "config.json"
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
     if args.config:
         config = TrainConfig.from_json(args.config)
     elif args.resume and saved.is_file():
         config = TrainConfig.from_json(saved)  # `rmnet train --out RUN --resume` needs nothing else
+    elif getattr(args, "recipe", None) == "paper":
+        arch = given.get("arch", TrainConfig.arch)
+        return TrainConfig.paper(
+            arch, task="retrieval" if given.get("hash_bits") else "classification", **given
+        )
     else:
         config = TrainConfig()
-    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
     return TrainConfig.from_dict(config.to_dict() | given)
 
 
@@ -152,10 +175,10 @@ def run_train(args: argparse.Namespace) -> None:
     config = config_from_args(args)
     if args.seeds:
         run_dirs = repeat(config, args.out, args.seeds, resume=args.resume, progress=not args.quiet)
-        print(f"{len(run_dirs)} runs in {args.out}; next: rmnet evaluate {args.out}")
+        print(f"{len(run_dirs)} runs in {args.out}; next: " + shlex.join(["rmnet", "evaluate", args.out]))
         return
     result = train(config, args.out, resume=args.resume, progress=not args.quiet)
-    print(f"best checkpoint: {result.best_path}\nnext: rmnet evaluate {args.out}")
+    print(f"best checkpoint: {result.best_path}\nnext: " + shlex.join(["rmnet", "evaluate", args.out]))
 
 
 # rmnet evaluate
@@ -173,7 +196,12 @@ def add_evaluate_command(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("target", help="run folder, folder of runs (--seeds), or a checkpoint .pt file")
     parser.add_argument("--part", default="test", choices=("train", "val", "test"), help="split part")
     parser.add_argument("--checkpoint", default="best", choices=("best", "last"), help="which checkpoint")
-    parser.add_argument("--data", help="with a checkpoint file: the images to evaluate on (all of them)")
+    parser.add_argument(
+        "--data",
+        help="with a run: where its data is now, if it moved (checked against the split); with a checkpoint "
+        "file: the images to evaluate on (all of them)",
+    )
+    parser.add_argument("--cache", help="with a run: where its resized cache is now, if it moved")
     parser.add_argument("--out", help="with a checkpoint file: report folder (default: beside the file)")
     parser.add_argument(
         "--angles",
@@ -197,6 +225,16 @@ def add_evaluate_command(commands: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run_evaluate)
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _angle(text: str) -> float | str:
     if text == "random":
         return text
@@ -208,23 +246,33 @@ def _angle(text: str) -> float | str:
 
 def run_evaluate(args: argparse.Namespace) -> None:
     from rmnet import evaluate
+    from rmnet.runs import Run
 
     options = dict(angles=args.angles, sweep_step=args.sweep_step, seed=args.seed, batch_size=args.batch_size)
     options |= dict(device=args.device, workers=args.workers, tsne=args.tsne, progress=not args.quiet)
     target = Path(args.target)
     if target.is_file():
+        if args.cache:
+            raise ValueError("--cache goes with a run folder; a checkpoint file is evaluated on --data")
         report_dir = evaluate_checkpoint_file(target, args, options)
         print(f"report: {report_dir / 'report.md'}")
         return
+    if args.out:
+        raise ValueError("--out goes with a checkpoint file; a run's report is written to RUN/report")
+    relocated = dict(data=args.data, cache=args.cache)
     if target.is_dir() and not (target / "config.json").exists() and any(target.glob("*/config.json")):
         evaluate.evaluate_repeats(
-            target, part=args.part, checkpoint=args.checkpoint, retrieval_k=args.retrieval_k, **options
+            target,
+            part=args.part,
+            checkpoint=args.checkpoint,
+            retrieval_k=args.retrieval_k,
+            **relocated,
+            **options,
         )
         print(f"summary (mean ± SD): {target / 'report' / 'summary.md'}")
         return
-    report = evaluate.evaluate_run(
-        target, part=args.part, checkpoint=args.checkpoint, retrieval_k=args.retrieval_k, **options
-    )
+    run = Run(target, checkpoint=args.checkpoint, **relocated)
+    report = evaluate.evaluate_run(run, part=args.part, retrieval_k=args.retrieval_k, **options)
     print(headline_table(report))
     print(f"report: {target / 'report' / 'report.md'}")
 
@@ -239,7 +287,7 @@ def evaluate_checkpoint_file(path: Path, args: argparse.Namespace, options: dict
         raise ValueError(f"evaluating the checkpoint file {path} needs --data: the images to evaluate on")
     model, config, class_names = load_checkpoint(path)
     table = load_image_table(args.data, class_names=class_names)
-    transform = build_transform(False, config.image_size, resize=config.resize)
+    transform = build_transform(False, config.input_size(), resize=config.resize_short_edge())
     out = Path(args.out) if args.out else path.parent / f"report-{path.stem}"
     description = {"arch": config.arch, "rm": config.rm, "checkpoint": str(path), "data": args.data}
     dataset = ImageDataset(table, list(range(len(table))), transform)
@@ -249,19 +297,19 @@ def evaluate_checkpoint_file(path: Path, args: argparse.Namespace, options: dict
 
 def headline_table(report: dict) -> str:
     """A few lines for the terminal: the headline metrics, upright and rotated."""
+    from rmnet.report import angle_label
+
     cls, rotation = report["classification"], report["rotation"]["angles"]
     lines = [f"{'metric':<26}{'value':>8}"]
     for key, name in (("balanced_accuracy", "balanced accuracy"), ("mean_precision", "AP (mean precision)"),
                       ("kappa", "kappa"), ("auc_micro", "AUC overall")):  # fmt: skip
-        lines.append(f"{name:<26}{_percent(cls[key]):>8}")
-    for angle, row in rotation.items():
-        if angle != "0":
-            lines.append(f"{'accuracy, rotated ' + angle:<26}{_percent(row['accuracy']):>8}")
+        lines.append(f"{name:<26}{format_percent(cls[key]):>8}")
+    for row in rotation:
+        if row["angle"] == "random" or row["angle"] != 0:
+            lines.append(
+                f"{'accuracy, ' + angle_label(row['angle']):<26}{format_percent(row['accuracy']):>8}"
+            )
     return "\n".join(lines)
-
-
-def _percent(value: float | None) -> str:
-    return "–" if value is None or value != value else f"{100 * value:.2f}"
 
 
 # rmnet demo
@@ -281,7 +329,9 @@ def add_demo_command(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--quick", action="store_true", help="a tiny version that runs in seconds (for tests)"
     )
-    parser.add_argument("--k", type=int, default=4, help="rotations in RM: 4 (exact, 90°) or 8 (45°, slower)")
+    parser.add_argument(
+        "--k", type=_positive_int, default=4, help="rotations in RM: 4 (exact, 90°) or 8 (45°, slower)"
+    )
     parser.add_argument("--workers", type=int, default=0, help="data-loading workers")
     parser.set_defaults(run=run_demo)
 
@@ -300,6 +350,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     add_train_command,
     add_evaluate_command,
     add_retrieval_commands,
+    add_serve_command,
 ]
 
 
@@ -310,6 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Start with `rmnet demo`.",
     )
     parser.add_argument("--traceback", action="store_true", help="show the full Python traceback on errors")
+    parser.add_argument("--version", action="version", version=f"rmnet {__version__}")
     commands = parser.add_subparsers(title="commands", dest="command", required=True, metavar="COMMAND")
     for add_command in COMMANDS:
         add_command(commands)

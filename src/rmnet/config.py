@@ -11,12 +11,14 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
+from rmnet.io import atomic_write_text, resolve_device
 
-from rmnet.models import create_model
+if TYPE_CHECKING:
+    import torch
+
+    from rmnet.models import ImageClassifier
 
 VAL_METRICS = ("balanced_accuracy", "accuracy", "kappa", "mean_precision", "auc_macro", "loss")
 
@@ -43,14 +45,24 @@ class TrainConfig:
     share_weights: bool = _option(True, "one block for all copies; --no-share-weights is RM-NWS")
     hash_bits: int | None = _option(None, "hash layer length L for retrieval, the paper: 16 (default: none)")
     pretrained: str | None = _option(
-        None, "initial weights: a state_dict file, or 'imagenet' for the torch hub cache (default: random)"
+        None,
+        "initial weights: 'imagenet' (the torch hub cache, as in the paper; see --recipe paper) or a "
+        "state_dict file (default: random)",
     )
     model_options: dict = _option({}, "extra create_model arguments as JSON, e.g. '{\"width\": 16}'")
     # Objective and images.
     loss: str = _option("wce", "training objective: wce (weighted cross-entropy) or a hashing loss")
     loss_options: dict = _option({}, "extra arguments of the loss as JSON, e.g. '{\"gamma\": 10}' for dch")
-    rotation_augmentation: bool = _option(False, "random rotations in training (off: it confounds RM)")
-    image_size: int = _option(224, "side of the square crop fed to the network")
+    rotation_augmentation: float = _option(
+        0.0,
+        "largest random rotation in training, degrees: 45 draws from ±45° (with RM k=4 that covers "
+        "every angle), 360 or true the whole circle, 0 or false off (the paper: off, it confounds RM)",
+    )
+    flips: bool = _option(True, "training crops may be flipped (the image, its h-flip or its v-flip)")
+    image_size: int | None = _option(
+        None,
+        "side of the square crop fed to the network (default: the architecture's, 224; 299 for inception_v3)",
+    )
     resize: int | None = _option(None, "short edge before cropping (default: 256/224 of image_size)")
     # Optimisation: SGD with a step schedule.
     epochs: int = _option(60, "training epochs (the paper: 60 for classification, 80 for retrieval)")
@@ -61,7 +73,11 @@ class TrainConfig:
     lr_step: int = _option(20, "multiply the learning rate by lr_gamma every lr_step epochs")
     lr_gamma: float = _option(0.1, "learning-rate decay factor")
     seed: int = _option(0, "seed of initialisation, shuffling and augmentation")
-    val_metric: str = _option("balanced_accuracy", f"validation metric that picks best.pt: {VAL_METRICS}")
+    val_metric: str = _option(
+        "balanced_accuracy",
+        "validation metric that picks best.pt (the paper does not say which checkpoint it reports): "
+        + ", ".join(VAL_METRICS),
+    )
     # Data.
     data: str | None = _option(None, "ISIC 2019 folder, folder of class sub-folders, or CSV of path,label")
     ground_truth: str | None = _option(None, "ISIC ground-truth CSV (default: found in the data folder)")
@@ -80,13 +96,37 @@ class TrainConfig:
     channels_last: bool | None = _option(None, "channels-last memory format (default: on with CUDA)")
 
     def __post_init__(self) -> None:
+        angle = self.rotation_augmentation  # was a boolean: true is the whole circle, false off
+        self.rotation_augmentation = 360.0 if angle is True else float(angle or 0.0)
+        if not 0.0 <= self.rotation_augmentation <= 360.0:
+            raise ValueError(f"rotation_augmentation must be 0–360 degrees (or true/false), got {angle!r}")
         if self.val_metric not in VAL_METRICS:
             raise ValueError(f"val_metric {self.val_metric!r} is not one of {', '.join(VAL_METRICS)}")
         if self.on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {self.on_error!r}")
-        for name in ("epochs", "batch_size", "image_size", "lr_step", "k"):
-            if getattr(self, name) < 1:
+        for name in ("epochs", "batch_size", "image_size", "resize", "lr_step", "k"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("lr", "lr_gamma"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be a positive number, got {getattr(self, name)}")
+        for name in ("momentum", "weight_decay"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be zero or positive, got {getattr(self, name)}")
+        if self.workers < 0:
+            raise ValueError(f"workers must be zero or positive, got {self.workers}")
+
+    @classmethod
+    def paper(cls, arch: str = "resnet18", task: str = "classification", **changes: Any) -> TrainConfig:
+        """The paper's recipe for ``arch``: ImageNet initialisation, 60 epochs (80 for retrieval, with a
+        16-bit hash layer), the architecture's own input size; ``changes`` override any field."""
+        if task not in ("classification", "retrieval"):
+            raise ValueError(f"task must be 'classification' or 'retrieval', got {task!r}")
+        retrieval = task == "retrieval" or changes.get("hash_bits") is not None
+        recipe: dict[str, Any] = dict(arch=arch, pretrained="imagenet", epochs=80 if retrieval else 60)
+        if task == "retrieval":
+            recipe["hash_bits"] = 16
+        return cls(**(recipe | changes))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -108,10 +148,7 @@ class TrainConfig:
 
     def to_json(self, path: str | os.PathLike) -> None:
         """Write the config as JSON (atomically: a temporary file, then a rename)."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
     def from_json(cls, path: str | os.PathLike) -> TrainConfig:
@@ -124,22 +161,29 @@ class TrainConfig:
             raise ValueError(f"{path} is not valid JSON: {err}") from err
         return cls.from_dict(values, source=str(path))
 
+    def input_size(self) -> int:
+        """The crop side: ``image_size``, or the architecture's own input size when not given."""
+        if self.image_size is not None:
+            return self.image_size
+        from rmnet.models import model_entry
+
+        return model_entry(self.arch).input_size
+
     def resize_short_edge(self) -> int:
         """The short edge images are resized to before cropping (the paper: 256 for 224 crops)."""
-        return self.resize or round(self.image_size * 256 / 224)
+        from rmnet.models.weights import resize_for
+
+        return self.resize or resize_for(self.input_size())
 
     def resolved_device(self, local_rank: int | None = None) -> torch.device:
         """The device to train on: CUDA when available for "auto" (one GPU per torchrun process)."""
-        if self.device == "auto":
-            if torch.cuda.is_available():
-                return torch.device("cuda", local_rank or 0)
-            return torch.device("cpu")
-        return torch.device(self.device)
+        return resolve_device(self.device, local_rank)
 
 
-def build_model(config: TrainConfig, num_classes: int) -> nn.Module:
+def build_model(config: TrainConfig, num_classes: int) -> ImageClassifier:
     """The model that ``config`` describes, through ``rmnet.create_model``."""
-    pretrained: str | bool | None = True if config.pretrained == "imagenet" else config.pretrained
+    from rmnet.models import create_model
+
     return create_model(
         config.arch,
         num_classes,
@@ -150,6 +194,6 @@ def build_model(config: TrainConfig, num_classes: int) -> nn.Module:
         rotate=config.rotate,
         share_weights=config.share_weights,
         hash_bits=config.hash_bits,
-        pretrained=pretrained,
+        pretrained=config.pretrained,
         **config.model_options,
     )

@@ -4,6 +4,10 @@ Everything it needs ships with rmnet: the lesion-like images are generated (rmne
 both models train from scratch on the CPU, and the report shows their accuracy against the
 rotation angle of the test images. Each model is an ordinary run folder (train + evaluate), so
 ``rmnet evaluate OUT/rm`` and ``rmnet train --resume`` work on them as on any run.
+
+It ends with a similar-case index: the RM model, given a 16-bit hash layer and fine-tuned for a
+few epochs (OUT/hash), embeds the training images into OUT/index, so that right after the demo
+``rmnet serve OUT --index OUT/index`` shows the CAD page on the generated lesions.
 """
 
 from __future__ import annotations
@@ -18,8 +22,9 @@ from typing import Any
 from rmnet import plots
 from rmnet.config import TrainConfig
 from rmnet.data import make_lesion_dataset
-from rmnet.evaluate import angle_name, evaluate_run, json_safe
-from rmnet.runs import atomic_write_text
+from rmnet.evaluate import evaluate_run
+from rmnet.io import atomic_write_text
+from rmnet.report import angle_key, json_safe
 from rmnet.train import train
 
 
@@ -36,14 +41,24 @@ class DemoSettings:
     sweep_step: float  # degrees between points of the accuracy-against-rotation curve
     batch_size: int = 32
     lr: float = 0.02
+    hash_epochs: int = 4  # fine-tuning of the retrieval model (RM weights + a new hash layer)
 
 
 FULL = DemoSettings(
     images_per_class=160, image_px=32, crop_px=28, epochs=16, width=16, num_classes=6, sweep_step=15
 )
 QUICK = DemoSettings(
-    images_per_class=10, image_px=20, crop_px=16, epochs=1, width=8, num_classes=3, sweep_step=90
+    images_per_class=10,
+    image_px=20,
+    crop_px=16,
+    epochs=1,
+    width=8,
+    num_classes=3,
+    sweep_step=90,
+    hash_epochs=1,
 )
+HASH_BITS = 16  # the paper's code length (SPEC §5)
+INDEX_FOLDER = "index"
 
 ROTATIONS = (90, 180, 270, "random")
 INVARIANCE_NOTE = {
@@ -70,6 +85,11 @@ def demo_models(k: int = 4) -> dict[str, DemoModel]:
     label = "RM (whole trunk)" if k == 4 else f"RM (whole trunk, k={k})"
     folder = "rm" if k == 4 else f"rm-k{k}"
     return {"plain": DemoModel("plain CNN", "plain", None), "rm": DemoModel(label, folder, "all", k)}
+
+
+def demo_hash_model(k: int = 4) -> DemoModel:
+    """The retrieval model: the RM CNN with a hash layer of ``HASH_BITS`` units before its classifier."""
+    return DemoModel(f"RM + {HASH_BITS}-bit hash layer", "hash" if k == 4 else f"hash-k{k}", "all", k)
 
 
 def demo_config(settings: DemoSettings, data: Path, model: DemoModel, workers: int) -> TrainConfig:
@@ -120,10 +140,95 @@ def run_demo(
         train(demo_config(settings, data, model, workers), run_dir, resume=True, progress=progress)
         options = dict(angles=ROTATIONS, device="cpu", workers=workers, progress=progress)
         reports[name] = evaluate_run(run_dir, sweep_step=settings.sweep_step, **options)
+    retrieval = build_demo_index(out, data, settings, k=k, workers=workers, progress=progress)
     summary = summarise(models, reports, seconds=time.perf_counter() - started)
+    summary["retrieval"] = retrieval
     report_dir = write_demo_report(summary, reports, out / "report")
-    _say(progress, "\n" + summary_table(summary) + f"\n\nreport: {report_dir / 'report.md'}")
+    table = summary_table(summary)
+    _say(progress, f"\n{table}\n\n{retrieval_line(retrieval, out)}\n\nreport: {report_dir / 'report.md'}")
     return summary
+
+
+def build_demo_index(
+    out: str | os.PathLike,
+    data: Path,
+    settings: DemoSettings,
+    *,
+    k: int = 4,
+    workers: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train the retrieval model and index the demo's training images into OUT/index.
+
+    The retrieval model is the trained RM model (OUT/rm) with a new ``HASH_BITS``-bit hash layer and
+    classifier, fine-tuned for ``settings.hash_epochs`` epochs (a few seconds, against minutes from
+    scratch). Both steps are reused when the demo runs again: a finished run, and an index built by
+    the same model (cases added to it since, e.g. through the service, are kept).
+    Returns what was built and its retrieval quality on the test images (mAP@10, mRR@10).
+    """
+    from rmnet.metrics.retrieval import retrieval_metrics
+    from rmnet.retrieval.codes import embed_dataset, model_fingerprint
+    from rmnet.retrieval.index import CodeIndex
+    from rmnet.retrieval.search import build_index
+    from rmnet.runs import Run
+
+    out = Path(out)
+    model = demo_hash_model(k)
+    run_dir, index_dir = out / model.folder, out / INDEX_FOLDER
+    start_from = (out / demo_models(k)["rm"].folder / "checkpoints" / "best.pt").resolve()
+    config = demo_config(settings, data, model, workers).replace(
+        hash_bits=HASH_BITS,
+        pretrained=str(start_from),
+        epochs=settings.hash_epochs,
+        lr_step=max(1, round(0.7 * settings.hash_epochs)),
+    )
+    epochs = settings.hash_epochs
+    _say(progress, f"training the {model.label} ({epochs} epochs from the RM model's weights) into {run_dir}")
+    train(config, run_dir, resume=True, progress=progress)
+    run = Run(run_dir)
+    trained = run.load_model()
+    if not _index_built_by(index_dir, model_fingerprint(trained)):
+        _say(progress, f"indexing the training images into {index_dir}")
+        build_index(run_dir, index_dir, overwrite=True, workers=workers)
+    with CodeIndex.open(index_dir) as index:
+        db_codes, db_labels, cases = index.codes(), index.labels(), len(index)
+    test = run.dataset("test")
+    query_codes, query_labels = embed_dataset(trained, test, num_workers=workers, progress=False)
+    scores = retrieval_metrics(query_codes, query_labels, db_codes, db_labels, k=10)
+    return {
+        "label": model.label,
+        "folder": model.folder,
+        "index": INDEX_FOLDER,
+        "cases": cases,
+        "hash_bits": HASH_BITS,
+        "epochs": settings.hash_epochs,
+        "queries": int(len(query_labels)),
+        "map_at_10": float(scores["map_at_k"]),
+        "mrr_at_10": float(scores["mrr_at_k"]),
+    }
+
+
+def _index_built_by(index_dir: Path, fingerprint: str) -> bool:
+    """True when ``index_dir`` is a readable, non-empty index of codes from the model ``fingerprint``."""
+    from rmnet.retrieval.index import CodeIndex
+
+    if not (index_dir / "manifest.json").is_file():
+        return False
+    try:
+        with CodeIndex.open(index_dir) as index:
+            return index.model.fingerprint == fingerprint and len(index) > 0
+    except (OSError, ValueError):
+        return False
+
+
+def retrieval_line(retrieval: dict[str, Any], out: Path) -> str:
+    """Where the similar-case index is, how good it is, and the command that serves it."""
+    return (
+        f"similar cases: {retrieval['cases']} training images indexed in {out / retrieval['index']} by the "
+        f"{retrieval['label']} (mAP@10 {100 * retrieval['map_at_10']:.1f} %, mRR@10 "
+        f"{100 * retrieval['mrr_at_10']:.1f} % on {retrieval['queries']} test images)\n"
+        f"serve them: rmnet serve {out} --index {out / retrieval['index']}   (then open http://127.0.0.1:8000/)"
+    )
 
 
 def summarise(
@@ -137,9 +242,9 @@ def summarise(
             "label": demo[name].label,
             "folder": demo[name].folder,
             "parameters": report["model"]["parameters"],
-            "accuracy": {angle: row["accuracy"] for angle, row in angles.items()},
-            "balanced_accuracy": {angle: row["balanced_accuracy"] for angle, row in angles.items()},
-            "changed": {angle: row["changed"] for angle, row in angles.items() if angle != "0"},
+            "accuracy": {angle_key(row["angle"]): row["accuracy"] for row in angles},
+            "balanced_accuracy": {angle_key(row["angle"]): row["balanced_accuracy"] for row in angles},
+            "changed": {angle_key(row["angle"]): row["changed"] for row in angles if row["angle"] != 0},
             "sweep": report["rotation"]["sweep"],
         }
     gap = {
@@ -151,7 +256,7 @@ def summarise(
 
 def summary_table(summary: dict[str, Any]) -> str:
     """Accuracy (%) upright and rotated, and % of the predictions that each rotation changes."""
-    angles = ["0", *(angle_name(a) for a in ROTATIONS)]
+    angles = ["0", *(angle_key(a) for a in ROTATIONS)]
     header = f"{'':<24}" + "".join(f"{_angle_label(a):>9}" for a in angles)
     lines = ["accuracy (%)", header]
     for model in summary["models"].values():
@@ -176,7 +281,7 @@ def write_demo_report(summary: dict[str, Any], reports: dict[str, dict[str, Any]
     curves = {m["label"]: (m["sweep"]["angles"], m["sweep"]["accuracy"]) for m in summary["models"].values()}
     plots.plot_rotation_robustness(curves, report_dir / "rotation.png")
     atomic_write_text(report_dir / "report.json", json.dumps(json_safe(summary), indent=2) + "\n")
-    angles = ["0", *(angle_name(a) for a in ROTATIONS)]
+    angles = ["0", *(angle_key(a) for a in ROTATIONS)]
     header = [
         "model",
         "parameters",
@@ -213,11 +318,28 @@ def write_demo_report(summary: dict[str, Any], reports: dict[str, dict[str, Any]
         "Each model's full report (per-class metrics, confusion matrix, ROC, t-SNE, training curves) is "
         "linked from its name.",
         "",
+        *_retrieval_section(summary.get("retrieval")),
         f"Total time: {summary['seconds']:.0f} s.",
         "",
     ]
     atomic_write_text(report_dir / "report.md", "\n".join(text))
     return report_dir
+
+
+def _retrieval_section(retrieval: dict[str, Any] | None) -> list[str]:
+    if not retrieval:
+        return []
+    return [
+        "## Similar cases",
+        "",
+        f"The {retrieval['label']} (the RM model with a new hash layer, fine-tuned for {retrieval['epochs']} "
+        f"epochs; [run](../{retrieval['folder']})) indexes the {retrieval['cases']} training images in "
+        f"`{retrieval['index']}/`. Searching it with the {retrieval['queries']} test images: mAP@10 "
+        f"{100 * retrieval['map_at_10']:.1f} %, mRR@10 {100 * retrieval['mrr_at_10']:.1f} % (cosine distance "
+        "between codes, the paper's formulas). `rmnet serve` on the demo's folder shows the diagnosis, the "
+        "heat map and the 10 most similar cases of any image (docs/service.md).",
+        "",
+    ]
 
 
 def _say(progress: bool, message: str) -> None:

@@ -49,17 +49,21 @@ def mirror(x: torch.Tensor) -> torch.Tensor:
     return torch.flip(x, dims=(-1,))
 
 
-class CyclicGroup:
-    """C_k: the k rotations by multiples of 360°/k. Element g is the rotation by g·360°/k."""
+class RotationGroup:
+    """A finite group of rotations (and mirrors) of the plane, acting on the last two axes.
+
+    Elements are integers 0..order-1 with 0 the identity. Subclasses define the algebra
+    (``order``, ``compose``, ``inverse``) and the action on maps (``act``).
+    """
 
     def __init__(self, k: int) -> None:
         if k < 1:
-            raise ValueError(f"a cyclic group needs k >= 1 rotations, got k={k}")
+            raise ValueError(f"{type(self).__name__} needs k >= 1 rotations, got k={k}")
         self.k = k
 
     @property
     def order(self) -> int:
-        return self.k
+        raise NotImplementedError
 
     @property
     def elements(self) -> range:
@@ -71,24 +75,25 @@ class CyclicGroup:
 
     @property
     def is_exact(self) -> bool:
-        """True when every element acts by index permutation (no interpolation)."""
+        """True when every element acts by index permutation (rotations by multiples of 90°)."""
         return 4 % self.k == 0
 
     def angle(self, g: int) -> float:
-        return 360.0 * (g % self.k) / self.k
+        """The rotation angle of g in degrees (after its mirror, for a reflection)."""
+        raise NotImplementedError
 
     def compose(self, a: int, b: int) -> int:
         """The element a·b (apply b first, then a)."""
-        return (a + b) % self.k
+        raise NotImplementedError
 
     def inverse(self, g: int) -> int:
-        return (-g) % self.k
+        raise NotImplementedError
 
     def act(self, x: torch.Tensor, g: int) -> torch.Tensor:
-        return rotate(x, self.angle(g))
+        raise NotImplementedError
 
     def __repr__(self) -> str:
-        return f"CyclicGroup(k={self.k})"
+        return f"{type(self).__name__}(k={self.k})"
 
     def __eq__(self, other: object) -> bool:
         return type(other) is type(self) and other.k == self.k  # type: ignore[attr-defined]
@@ -97,7 +102,27 @@ class CyclicGroup:
         return hash((type(self).__name__, self.k))
 
 
-class DihedralGroup(CyclicGroup):
+class CyclicGroup(RotationGroup):
+    """C_k: the k rotations by multiples of 360°/k. Element g is the rotation by g·360°/k."""
+
+    @property
+    def order(self) -> int:
+        return self.k
+
+    def angle(self, g: int) -> float:
+        return 360.0 * (g % self.k) / self.k
+
+    def compose(self, a: int, b: int) -> int:
+        return (a + b) % self.k
+
+    def inverse(self, g: int) -> int:
+        return (-g) % self.k
+
+    def act(self, x: torch.Tensor, g: int) -> torch.Tensor:
+        return rotate(x, self.angle(g))
+
+
+class DihedralGroup(RotationGroup):
     """D_k: k rotations and k reflections (2k elements).
 
     Element g = r + k·m stands for "mirror m times (0 or 1), then rotate by r·360°/k".
@@ -130,16 +155,13 @@ class DihedralGroup(CyclicGroup):
         r, m = self._split(g)
         return rotate(mirror(x) if m else x, 360.0 * r / self.k)
 
-    def __repr__(self) -> str:
-        return f"DihedralGroup(k={self.k})"
 
-
-def make_group(k: int = 4, dihedral: bool = False) -> CyclicGroup:
+def make_group(k: int = 4, dihedral: bool = False) -> RotationGroup:
     """C_k, or D_k when ``dihedral`` (rotations and their mirror images)."""
     return DihedralGroup(k) if dihedral else CyclicGroup(k)
 
 
-def act_all(group: CyclicGroup, x: torch.Tensor, elements: Sequence[int] | None = None) -> torch.Tensor:
+def act_all(group: RotationGroup, x: torch.Tensor, elements: Sequence[int] | None = None) -> torch.Tensor:
     """Stack g·x for every element g along a new leading axis: (|G|, …, H, W)."""
     elements = group.elements if elements is None else elements
     return torch.stack([group.act(x, g) for g in elements])

@@ -19,7 +19,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from sklearn.manifold import TSNE  # noqa: E402
 from sklearn.metrics import auc, roc_curve  # noqa: E402
 
-from rmnet.runs import atomic_write  # noqa: E402
+from rmnet.io import atomic_write  # noqa: E402
 
 
 def _save(figure: plt.Figure, path: str | os.PathLike) -> Path:

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable, Sequence
+import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import torch
-from torch import nn
 
 from rmnet.config import TrainConfig, build_model
 from rmnet.data import (
@@ -33,6 +33,8 @@ from rmnet.data import (
     load_split,
     prepare_cache,
 )
+from rmnet.io import atomic_write
+from rmnet.models import ImageClassifier
 
 CONFIG_FILE = "config.json"
 SPLIT_FILE = "split.json"
@@ -40,23 +42,9 @@ METRICS_FILE = "metrics.csv"
 BEST_CHECKPOINT = "checkpoints/best.pt"
 LAST_CHECKPOINT = "checkpoints/last.pt"
 REPORT_DIR = "report"
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
-    """Call ``write(tmp_path)``, then rename the temporary file to ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    return atomic_write(path, lambda tmp: tmp.write_text(text))
+CHECKPOINTS = {"best": BEST_CHECKPOINT, "last": LAST_CHECKPOINT}
+# Config fields that name data on disk: stored as absolute paths, and may point elsewhere later.
+RELOCATABLE = ("data", "cache", "ground_truth", "metadata")
 
 
 def save_checkpoint(checkpoint: dict[str, Any], path: str | os.PathLike) -> Path:
@@ -69,17 +57,31 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.stat().st_size == 0:
+        raise ValueError(f"checkpoint {path} is empty (0 bytes): the run was cut off while writing it")
+    if not zipfile.is_zipfile(path):
+        raise ValueError(
+            f"checkpoint {path} is truncated or damaged, or not a PyTorch file ({path.stat().st_size} bytes)"
+        )
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means the same to the user
-        raise ValueError(f"{path} is not a readable rmnet checkpoint: {err}") from err
-    missing = [key for key in ("model", "config", "class_names") if key not in checkpoint]
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"checkpoint {path} cannot be read ({detail}): it is truncated or damaged") from err
+    missing = [
+        key
+        for key in ("model", "config", "class_names")
+        if not isinstance(checkpoint, dict) or key not in checkpoint
+    ]
     if missing:
-        raise ValueError(f"{path} is not an rmnet checkpoint: it lacks {', '.join(missing)}")
+        raise ValueError(
+            f"{path} is not a checkpoint written by rmnet: it lacks {', '.join(missing)} "
+            "(a plain state_dict is initial weights: use --pretrained PATH)"
+        )
     return checkpoint
 
 
-def load_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, TrainConfig, list[str]]:
+def load_checkpoint(path: str | os.PathLike) -> tuple[ImageClassifier, TrainConfig, list[str]]:
     """The model (in eval mode, on the CPU), its TrainConfig and class names from a checkpoint file."""
     checkpoint = read_checkpoint(path)
     config = TrainConfig.from_dict(checkpoint["config"], source=f"config in {path}")
@@ -106,15 +108,29 @@ def split_dataset(
 ) -> ImageDataset:
     """Split part "train", "val" or "test" of ``table`` with the train (augmenting) or eval transform."""
     transform = build_transform(
-        train, config.image_size, resize=config.resize, rotation_augmentation=config.rotation_augmentation
+        train,
+        config.input_size(),
+        resize=config.resize_short_edge(),
+        rotation_augmentation=config.rotation_augmentation,
+        flips=config.flips,
     )
     return ImageDataset(table, split.part(part), transform, on_error=config.on_error)
 
 
 class Run:
-    """An existing run folder: its config, split, data, checkpoints and per-epoch metrics."""
+    """An existing run folder: its config, split, data, checkpoints and per-epoch metrics.
 
-    def __init__(self, run_dir: str | os.PathLike) -> None:
+    ``data``, ``cache``, ``ground_truth`` and ``metadata`` point the run at data that moved since
+    training (checked against the split's image ids); ``checkpoint`` picks best.pt or last.pt.
+    """
+
+    def __init__(
+        self,
+        run_dir: str | os.PathLike,
+        *,
+        checkpoint: str = "best",
+        **relocated: str | os.PathLike | None,
+    ) -> None:
         self.dir = Path(run_dir)
         if not self.dir.is_dir():
             raise FileNotFoundError(
@@ -125,13 +141,21 @@ class Run:
                 f"{self.dir} is not an rmnet run folder: it has no {CONFIG_FILE} "
                 "(train one with `rmnet train --out DIR`)"
             )
+        if checkpoint not in CHECKPOINTS:
+            raise ValueError(f"checkpoint must be one of {', '.join(CHECKPOINTS)}, got {checkpoint!r}")
+        unknown = sorted(set(relocated) - set(RELOCATABLE))
+        if unknown:
+            raise TypeError(f"Run() got unknown option(s) {', '.join(unknown)}")
+        self.which = checkpoint
+        self.relocated = {key: str(Path(v).resolve()) for key, v in relocated.items() if v is not None}
 
     def __repr__(self) -> str:
         return f"Run({str(self.dir)!r})"
 
     @functools.cached_property
     def config(self) -> TrainConfig:
-        return TrainConfig.from_json(self.dir / CONFIG_FILE)
+        """The run's TrainConfig, with the data paths given to the constructor."""
+        return TrainConfig.from_json(self.dir / CONFIG_FILE).replace(**self.relocated)
 
     @functools.cached_property
     def split(self) -> Split:
@@ -146,8 +170,9 @@ class Run:
         return load_table(self.config)
 
     @property
-    def class_names(self) -> list[str]:
-        return list(read_checkpoint(self.best_checkpoint)["class_names"])
+    def checkpoint(self) -> Path:
+        """The chosen checkpoint file (best.pt or last.pt)."""
+        return self._require(CHECKPOINTS[self.which], "training writes it after the first epoch")
 
     @property
     def best_checkpoint(self) -> Path:
@@ -156,6 +181,10 @@ class Run:
     @property
     def last_checkpoint(self) -> Path:
         return self._require(LAST_CHECKPOINT, "training writes it after the first epoch")
+
+    @functools.cached_property
+    def class_names(self) -> list[str]:
+        return list(read_checkpoint(self.checkpoint)["class_names"])
 
     @property
     def metrics(self) -> pd.DataFrame:
@@ -166,10 +195,12 @@ class Run:
     def report_dir(self) -> Path:
         return self.dir / REPORT_DIR
 
-    def load_model(self, which: str = "best") -> nn.Module:
-        """The trained model (eval mode, CPU) from checkpoints/best.pt or last.pt."""
-        path = {"best": BEST_CHECKPOINT, "last": LAST_CHECKPOINT}[which]
-        return load_checkpoint(self._require(path, "training writes it after the first epoch"))[0]
+    def load_model(self, which: str | None = None) -> ImageClassifier:
+        """The trained model (eval mode, CPU) from the chosen checkpoint, or ``which`` ("best", "last")."""
+        if which is not None and which not in CHECKPOINTS:
+            raise ValueError(f"checkpoint must be one of {', '.join(CHECKPOINTS)}, got {which!r}")
+        path = self.checkpoint if which is None else self._require(CHECKPOINTS[which], "training writes it")
+        return load_checkpoint(path)[0]
 
     def dataset(self, part: str, train: bool = False) -> ImageDataset:
         """The ImageDataset of split part "train", "val" or "test", with the train or eval transform."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -32,17 +33,19 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset, TensorDataset
 from tqdm.auto import tqdm
 
-import rmnet.retrieval.losses  # noqa: F401  (registers the hashing objectives: --loss dch, csq, …)
 from rmnet import __version__
 from rmnet.config import TrainConfig, build_model
 from rmnet.data import load_split, make_split, save_split
+from rmnet.inference import progress_bar
 from rmnet.metrics.classification import classification_report, predict_labels
+from rmnet.models import model_entry
 from rmnet.objectives import build_objective, class_weights_from_counts
 from rmnet.runs import (
     BEST_CHECKPOINT,
     CONFIG_FILE,
     LAST_CHECKPOINT,
     METRICS_FILE,
+    RELOCATABLE,
     SPLIT_FILE,
     load_table,
     read_checkpoint,
@@ -53,8 +56,9 @@ from rmnet.runs import (
 
 __all__ = ["FitResult", "TrainConfig", "build_model", "dataset_labels", "fit", "repeat", "train"]
 
-# Fields that may change between an interrupted run and its resumption.
-RESUMABLE_CHANGES = {"epochs", "device", "workers", "amp", "channels_last"}
+# Fields that may change between an interrupted run and its resumption (moved data is checked
+# against the split's image ids instead).
+RESUMABLE_CHANGES = {"epochs", "device", "workers", "amp", "channels_last", *RELOCATABLE}
 
 
 @dataclass
@@ -87,12 +91,14 @@ def fit(
     class_names: Sequence[str] | None = None,
     resume: bool = False,
     progress: bool = True,
+    model: nn.Module | None = None,
 ) -> FitResult:
     """Train ``config``'s model on ``train_set``, validating on ``val_set`` after every epoch.
 
     Datasets yield (image tensor, label) and expose ``.labels`` (or are TensorDatasets). With
     ``out_dir``, checkpoints and metrics.csv are written there; ``resume`` continues from last.pt.
-    Under ``torchrun`` each process trains on its shard of the data and rank 0 writes.
+    Under ``torchrun`` each process trains on its shard of the data and rank 0 writes. ``model``
+    is the model ``config`` describes when the caller built it already (seeded with ``config.seed``).
     """
     for name, dataset in (("training", train_set), ("validation", val_set)):
         if len(dataset) == 0:
@@ -106,8 +112,10 @@ def fit(
         is_main = rank == 0
 
         # The paper's recipe: weighted cross-entropy (or a named objective), SGD, a step schedule.
-        torch.manual_seed(config.seed)
-        model = build_model(config, len(class_names)).to(device, memory_format=memory_format)
+        if model is None:
+            torch.manual_seed(config.seed)
+            model = build_model(config, len(class_names))
+        model = model.to(device, memory_format=memory_format)
         objective = build_objective(
             config.loss,
             num_classes=len(class_names),
@@ -117,7 +125,7 @@ def fit(
         ).to(device)
         step = TrainingStep(model, objective)
         optimizer = torch.optim.SGD(
-            [p for p in step.parameters() if p.requires_grad],
+            parameter_groups(step, config.lr),
             lr=config.lr,
             momentum=config.momentum,
             weight_decay=config.weight_decay,
@@ -145,6 +153,7 @@ def fit(
 
         for epoch in range(state["epoch"], config.epochs):
             _seed_epoch(config.seed, epoch, rank)
+            objective.set_epoch(epoch)  # scheduled objectives (MWNL's class weights)
             if sampler is not None:
                 sampler.set_epoch(epoch)
             started, lr = time.perf_counter(), optimizer.param_groups[0]["lr"]
@@ -236,7 +245,7 @@ def run_epoch(
     step.train(training)
     amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
     loss_sum, count, targets_seen, logits_seen = 0.0, 0, [], []
-    bar = tqdm(loader, desc=desc, leave=False, disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(loader, desc, progress, dynamic_ncols=True)
     with torch.set_grad_enabled(training):
         for images, targets in bar:
             images = images.to(device, non_blocking=True, memory_format=memory_format)
@@ -316,6 +325,17 @@ def _restore(
 ) -> dict[str, Any]:
     """Load what :func:`_training_state` saved, and the weights; check the config matches."""
     checkpoint = read_checkpoint(path)
+    check_resumable(checkpoint, config, path)
+    step.model.load_state_dict(checkpoint["model"])
+    step.objective.load_state_dict(checkpoint["objective"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    scheduler.load_state_dict(checkpoint["scheduler"])
+    scaler.load_state_dict(checkpoint["scaler"])
+    return {key: checkpoint[key] for key in ("epoch", "history", "best_score", "best_epoch")}
+
+
+def check_resumable(checkpoint: dict[str, Any], config: TrainConfig, path: Path) -> None:
+    """Refuse to resume ``checkpoint`` with a config that would train something else."""
     saved = checkpoint["config"]
     changed = [
         f"{key}={saved.get(key)!r} there, {value!r} now"
@@ -327,12 +347,26 @@ def _restore(
             f"cannot resume from {path}: it was trained with a different config ({'; '.join(changed)}). "
             "Use the same options, or start a new run folder without --resume."
         )
-    step.model.load_state_dict(checkpoint["model"])
-    step.objective.load_state_dict(checkpoint["objective"])
-    optimizer.load_state_dict(checkpoint["optimizer"])
-    scheduler.load_state_dict(checkpoint["scheduler"])
-    scaler.load_state_dict(checkpoint["scaler"])
-    return {key: checkpoint[key] for key in ("epoch", "history", "best_score", "best_epoch")}
+    if checkpoint.get("epoch", 0) > config.epochs:
+        raise ValueError(
+            f"cannot resume from {path} with --epochs {config.epochs}: it has already trained "
+            f"{checkpoint['epoch']} epochs"
+        )
+
+
+def parameter_groups(module: nn.Module, lr: float) -> list[dict[str, Any]]:
+    """The trainable parameters as optimizer groups: those of a submodule with an ``lr_scale``
+    attribute (e.g. the STN's localisation network) train at ``lr × lr_scale``, the rest at ``lr``
+    (group 0). StepLR scales every group alike."""
+    scales: dict[int, float] = {}
+    for sub in module.modules():
+        if (scale := getattr(sub, "lr_scale", None)) is not None:
+            scales.update({id(p): float(scale) for p in sub.parameters()})
+    groups: dict[float, list[nn.Parameter]] = {1.0: []}
+    for p in module.parameters():
+        if p.requires_grad:
+            groups.setdefault(scales.get(id(p), 1.0), []).append(p)
+    return [{"params": params, "lr": lr * scale} for scale, params in groups.items()]
 
 
 def _seed_epoch(seed: int, epoch: int, rank: int) -> None:
@@ -438,29 +472,53 @@ def _class_names(dataset: Dataset, labels: np.ndarray) -> list[str]:
 def train(
     config: TrainConfig, out_dir: str | os.PathLike, *, resume: bool = False, progress: bool = True
 ) -> FitResult:
-    """Train on ``config.data`` and write a complete run folder at ``out_dir`` (see rmnet.runs)."""
+    """Train on ``config.data`` and write a complete run folder at ``out_dir`` (see rmnet.runs).
+
+    Everything is checked before anything is written: a refused command leaves the folder as it was.
+    Data paths are stored absolute, so the run folder works from any working directory.
+    """
     out_dir = Path(out_dir)
     if config.data is None:
         raise ValueError(
             "no training data: set --data (an ISIC 2019 folder, a folder of class folders or a CSV)"
         )
-    if not resume and (out_dir / LAST_CHECKPOINT).exists():
+    config = config.replace(**{key: str(Path(v).resolve()) for key in RELOCATABLE + ("split",)
+                                if (v := getattr(config, key)) is not None})  # fmt: skip
+    last = out_dir / LAST_CHECKPOINT
+    if resume and last.exists():
+        check_resumable(read_checkpoint(last), config, last)
+    elif not resume and last.exists():
         raise FileExistsError(
             f"{out_dir} already holds a run; pass --resume to continue it, or choose another --out"
         )
+    entry = model_entry(config.arch)
+    if config.input_size() < entry.min_input_size:
+        raise ValueError(
+            f"--image-size {config.input_size()} is too small for {config.arch}: it needs at least "
+            f"{entry.min_input_size} px (its own input size is {entry.input_size})"
+        )
     table = load_table(config)
     if resume and (out_dir / SPLIT_FILE).is_file():
-        split = load_split(out_dir / SPLIT_FILE, table)
+        split = load_split(out_dir / SPLIT_FILE, table)  # moved data must still hold the split's images
     elif config.split is not None:
         split = load_split(config.split, table)
     else:
         split = make_split(table, seed=config.split_seed, group_by_lesion=config.group_by_lesion)
 
-    build_model(config, table.num_classes)  # a bad --arch/--rm fails here, before anything is written
-    if int(os.environ.get("RANK", 0)) == 0:
+    torch.manual_seed(config.seed)
+    model = build_model(config, table.num_classes)  # a bad --arch/--rm fails here, before anything is written
+    is_main = int(os.environ.get("RANK", 0)) == 0
+    if is_main and progress and config.pretrained is None and entry.preset and entry.preset.weights:
+        print(
+            f"note: {config.arch} starts from random weights; the paper starts from ImageNet "
+            "(--pretrained imagenet, or --recipe paper)",
+            file=sys.stderr,
+        )
+    if is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         config.to_json(out_dir / CONFIG_FILE)
-        save_split(split, out_dir / SPLIT_FILE)
+        if not (resume and (out_dir / SPLIT_FILE).is_file()):
+            save_split(split, out_dir / SPLIT_FILE)
     return fit(
         config,
         split_dataset(config, table, split, "train", train=True),
@@ -469,6 +527,7 @@ def train(
         class_names=table.class_names,
         resume=resume,
         progress=progress,
+        model=model,
     )
 
 

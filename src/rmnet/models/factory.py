@@ -1,96 +1,196 @@
-"""One door to every model: ``create_model(name, num_classes=…, rm=…, k=…, fusion=…, hash_bits=…)``."""
+"""One door to every model: ``create_model(name, num_classes=…, rm=…, k=…, fusion=…, hash_bits=…)``.
+
+Every model is registered the same way, with :func:`register_model` next to its definition
+(the presets in ``rmnet.py``, each compared method in its own file). A name that is not
+registered but is a torchvision classification model is built through the same path, wrapped
+so that it keeps the :class:`~rmnet.models.base.ImageClassifier` contract.
+"""
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 
-import torchvision
 from torch import nn
 
-from rmnet.meanout import embed_rotation_meanout
-from rmnet.models.presets import PRESETS
-from rmnet.models.pretrained import load_pretrained, resolve_pretrained
-from rmnet.models.rmnet import RMNet, RMSpec
+from rmnet.models.base import ImageClassifier
+from rmnet.models.presets import BackbonePreset
 
-_CUSTOM: dict[str, Callable[..., nn.Module]] = {}
+Builder = Callable[..., ImageClassifier]
+
+# The options every model understands by name; a builder receives those the caller changed.
+COMMON_DEFAULTS: dict[str, object] = dict(
+    rm=None,
+    k=4,
+    fusion="mean",
+    dihedral=False,
+    rotate=True,
+    share_weights=True,
+    hash_bits=None,
+    pretrained=None,
+)
 
 
-def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Register a builder ``fn(num_classes=…, **kwargs) -> nn.Module`` under ``name``."""
+@dataclass(frozen=True)
+class ModelEntry:
+    """A registered model: its builder and, when it has one, the backbone preset underneath."""
 
-    def decorator(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        if name in _CUSTOM or name in PRESETS:
+    name: str
+    build: Builder
+    preset: BackbonePreset | None = None
+
+    @property
+    def input_size(self) -> int:
+        """The side of the images the model was designed for (299 for Inception-V3)."""
+        if self.preset is None:
+            return 224
+        return self.preset.weights.input_size if self.preset.weights else self.preset.input_size
+
+    @property
+    def min_input_size(self) -> int:
+        return self.preset.min_input_size if self.preset else 32
+
+    def accepts(self) -> tuple[set[str], bool]:
+        """(named keyword options the builder takes, whether it takes any other **kwargs)."""
+        params = inspect.signature(self.build).parameters.values()
+        named = {p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+        return named, any(p.kind is p.VAR_KEYWORD for p in params)
+
+    @property
+    def description(self) -> str:
+        return inspect.getdoc(self.build) or self.name
+
+
+_REGISTRY: dict[str, ModelEntry] = {}
+
+
+def register_model(name: str, *, preset: BackbonePreset | None = None) -> Callable[[Builder], Builder]:
+    """Register ``fn(num_classes=…, **options) -> ImageClassifier`` under ``name``."""
+
+    def decorator(fn: Builder) -> Builder:
+        if name in _REGISTRY:
             raise ValueError(f"a model named {name!r} is already registered")
-        _CUSTOM[name] = fn
+        _REGISTRY[name] = ModelEntry(name, fn, preset)
         return fn
 
     return decorator
 
 
+def unregister_model(name: str) -> None:
+    """Remove ``name`` from the registry (for tests and notebooks that register temporary models)."""
+    _REGISTRY.pop(name, None)
+
+
 def list_models() -> list[str]:
-    """Names with a preset (RM positions by block number) or a registered builder."""
-    return sorted([*PRESETS, *_CUSTOM])
+    """Every registered name: presets, their variants and the compared methods."""
+    return sorted(_REGISTRY)
+
+
+def model_entry(name: str) -> ModelEntry:
+    """The registry entry for ``name``; any torchvision classification model name also resolves."""
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    import torchvision
+
+    if name in torchvision.models.list_models(module=torchvision.models):
+        return ModelEntry(name, _torchvision_builder(name))
+    raise ValueError(
+        f"unknown model {name!r}. Registered: {', '.join(list_models())}; "
+        "or any torchvision classification model name (torchvision.models.list_models())"
+    )
 
 
 def create_model(
     name: str,
     num_classes: int = 8,
     *,
-    rm: RMSpec = None,
+    rm: str | list[str] | None = None,
     k: int = 4,
     fusion: str = "mean",
     dihedral: bool = False,
     rotate: bool = True,
     share_weights: bool = True,
     hash_bits: int | None = None,
-    pretrained: str | os.PathLike | bool | None = None,
+    pretrained: str | os.PathLike | None = None,
     **kwargs,
-) -> nn.Module:
+) -> ImageClassifier:
     """Build ``name`` with RM at ``rm`` ("5-8", "relaxed:5", "paper", "all", module paths, None).
 
-    ``pretrained`` is a local weights file of the plain network, or True for the torch hub cache;
-    nothing is downloaded. Any torchvision classification model also works by name, with RM
-    by module path (each path its own RM) and without a hash layer.
+    ``pretrained`` is None (random), "imagenet" (the torch hub cache; nothing is downloaded)
+    or a local weights file of the plain network. Options a model does not take are an error.
     """
-    rm_options = dict(k=k, fusion=fusion, dihedral=dihedral, rotate=rotate, share_weights=share_weights)
     if hash_bits is not None and hash_bits < 1:
         raise ValueError(f"hash_bits must be a positive number of bits, got {hash_bits}")
-    if name in _CUSTOM:
-        # A registered builder gets the common options the caller set, and fails loudly on
-        # one it does not support rather than ignoring it.
-        defaults = dict(
-            rm=None,
-            k=4,
-            fusion="mean",
-            dihedral=False,
-            rotate=True,
-            share_weights=True,
-            hash_bits=None,
-            pretrained=None,
+    entry = model_entry(name)
+    given = dict(
+        rm=rm, k=k, fusion=fusion, dihedral=dihedral, rotate=rotate, share_weights=share_weights,
+        hash_bits=hash_bits, pretrained=pretrained,
+    )  # fmt: skip
+    options = {key: v for key, v in given.items() if v != COMMON_DEFAULTS[key]} | kwargs
+    named, any_other = entry.accepts()
+    refused = sorted(key for key in options if key not in named and (key in COMMON_DEFAULTS or not any_other))
+    if refused:
+        raise ValueError(
+            f"model {name!r} does not take the option(s) {', '.join(refused)}; "
+            f"it takes: {', '.join(sorted(named - {'num_classes'})) or 'no common option'}"
+            + ("" if not any_other else " and its own keyword options")
         )
-        given = dict(rm=rm, hash_bits=hash_bits, pretrained=pretrained, **rm_options)
-        common = {key: v for key, v in given.items() if v != defaults[key]}
-        try:
-            return _CUSTOM[name](num_classes=num_classes, **common, **kwargs)
-        except TypeError as err:
-            raise ValueError(f"model {name!r} does not take these options {sorted(common)}: {err}") from err
-    if name in PRESETS:
-        preset = PRESETS[name]
-        weights = resolve_pretrained(pretrained, preset.weights, name) if pretrained else None
-        return RMNet(preset, num_classes, rm=rm, hash_bits=hash_bits, weights=weights, **rm_options, **kwargs)
-    if name in torchvision.models.list_models(module=torchvision.models):
+    return entry.build(num_classes=num_classes, **options)
+
+
+class TorchvisionClassifier(ImageClassifier):
+    """Any torchvision classification model, with its last linear layer as the head."""
+
+    def __init__(self, model: nn.Module, num_classes: int) -> None:
+        super().__init__()
+        path = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)][-1]
+        self.classifier = model.get_submodule(path)
+        model.set_submodule(path, nn.Identity())
+        self.model = model
+        self.num_classes, self.num_features = num_classes, self.classifier.in_features
+
+    def forward_features(self, x):
+        return self.model(x)
+
+    def forward_head(self, features):
+        return features, self.classifier(features)
+
+
+def _torchvision_builder(name: str) -> Builder:
+    def build(
+        num_classes: int = 8,
+        *,
+        rm: list[str] | None = None,
+        k: int = 4,
+        fusion: str = "mean",
+        dihedral: bool = False,
+        rotate: bool = True,
+        share_weights: bool = True,
+        hash_bits: int | None = None,
+        pretrained: str | os.PathLike | None = None,
+        **kwargs,
+    ) -> ImageClassifier:
+        import torchvision
+
         if hash_bits is not None:
-            raise ValueError(f"hash_bits needs a preset backbone ({', '.join(PRESETS)}), not {name}")
+            raise ValueError(f"hash_bits needs a registered model (e.g. resnet18), not torchvision's {name}")
+
+        from rmnet.meanout import embed_rotation_meanout
+        from rmnet.models.pretrained import load_pretrained
+        from rmnet.models.weights import Weights, resolve_weights
+
         model = torchvision.models.get_model(name, weights=None, num_classes=num_classes, **kwargs)
-        if pretrained:
-            path = resolve_pretrained(pretrained, None, name)
+        if pretrained is not None:
+            default = torchvision.models.get_model_weights(name).DEFAULT
+            path = resolve_weights(pretrained, Weights(f"{type(default).__name__}.{default.name}"), name)
             classifier = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)][-1]
             load_pretrained(model, path, classifier)
         if isinstance(rm, str):
             raise ValueError(f"{name} has no block numbering: give RM positions as module paths")
-        return embed_rotation_meanout(model, rm or [], **rm_options)
-    raise ValueError(
-        f"unknown model {name!r}. Presets: {', '.join(list_models())}; "
-        "or any torchvision classification model name (torchvision.models.list_models())"
-    )
+        rm_options = dict(k=k, fusion=fusion, dihedral=dihedral, rotate=rotate, share_weights=share_weights)
+        return TorchvisionClassifier(embed_rotation_meanout(model, rm or [], **rm_options), num_classes)
+
+    build.__doc__ = f"torchvision's {name}, with RM by module path."
+    return build

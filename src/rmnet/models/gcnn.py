@@ -20,11 +20,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rmnet.groups import CyclicGroup, DihedralGroup, act_all
+from rmnet.groups import CyclicGroup, DihedralGroup, RotationGroup, act_all
+from rmnet.models.base import HashHead, ImageClassifier
 from rmnet.models.factory import register_model
 
 
-def act_on_group_maps(group: CyclicGroup, f: torch.Tensor, g: int) -> torch.Tensor:
+def act_on_group_maps(group: RotationGroup, f: torch.Tensor, g: int) -> torch.Tensor:
     """The regular action g·f on maps (…, |G|, H, W): plane h of the result is g·f[g⁻¹h]."""
     if f.shape[-3] != group.order:
         raise ValueError(
@@ -34,7 +35,7 @@ def act_on_group_maps(group: CyclicGroup, f: torch.Tensor, g: int) -> torch.Tens
     return group.act(f[..., source, :, :], g)
 
 
-def _check_exact(group: CyclicGroup) -> None:
+def _check_exact(group: RotationGroup) -> None:
     if not group.is_exact:
         raise ValueError(
             f"{group} does not act on the pixel grid exactly (its rotations are not multiples of 90°); "
@@ -47,7 +48,7 @@ class LiftingConvolution(nn.Module):
 
     def __init__(
         self,
-        group: CyclicGroup,
+        group: RotationGroup,
         in_channels: int,
         out_channels: int,
         kernel_size: int = 5,
@@ -82,7 +83,7 @@ class GroupConvolution(nn.Module):
 
     def __init__(
         self,
-        group: CyclicGroup,
+        group: RotationGroup,
         in_channels: int,
         out_channels: int,
         kernel_size: int = 5,
@@ -140,7 +141,7 @@ class GroupLayerNorm(nn.Module):
 NORMS = {"batch": GroupBatchNorm, "layer": GroupLayerNorm}
 
 
-class GroupEquivariantCNN(nn.Module):
+class GroupEquivariantCNN(ImageClassifier):
     """Lifting conv block → group conv blocks (conv, norm, ReLU) → mean over G and space → linear.
 
     The default layout is the ``small_cnn`` preset's (four 5×5 blocks with strides 1, 2, 2, 1 and
@@ -152,7 +153,7 @@ class GroupEquivariantCNN(nn.Module):
 
     def __init__(
         self,
-        group: CyclicGroup,
+        group: RotationGroup,
         num_classes: int = 10,
         *,
         in_chans: int = 3,
@@ -175,8 +176,7 @@ class GroupEquivariantCNN(nn.Module):
             self.convs.append(conv(group, in_chans if i == 0 else width, width, kernel_size, stride, padding))
             self.norms.append(NORMS[norm](width))
         self.num_features, self.hash_bits, self.num_classes = width, hash_bits, num_classes
-        self.hash = nn.Linear(width, hash_bits) if hash_bits else None
-        self.fc = nn.Linear(hash_bits or width, num_classes)
+        self.head = HashHead(width, num_classes, hash_bits)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled features (B, width), invariant to the group."""
@@ -184,28 +184,17 @@ class GroupEquivariantCNN(nn.Module):
             x = F.relu(norm(conv(x)))  # (B, width, |G|, H', W')
         return x.mean(dim=(-3, -2, -1))
 
-    def forward_codes(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(codes, logits): codes are the hash layer's output, or the pooled features."""
-        codes = self.forward_features(x)
-        if self.hash is not None:
-            codes = self.hash(codes)
-        return codes, self.fc(codes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_codes(x)[1]
-
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """The retrieval code (B, hash_bits), or pooled features when there is no hash layer."""
-        return self.forward_codes(x)[0]
+    def forward_head(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.head(features)
 
 
 @register_model("gcnn_c4")
-def gcnn_c4(num_classes: int = 8, **kwargs) -> GroupEquivariantCNN:
+def gcnn_c4(num_classes: int = 8, *, hash_bits: int | None = None, **kwargs) -> GroupEquivariantCNN:
     """A C4 GCNN with 16 channels (as in the source blog) in the small_cnn layout."""
-    return GroupEquivariantCNN(CyclicGroup(4), num_classes, **kwargs)
+    return GroupEquivariantCNN(CyclicGroup(4), num_classes, hash_bits=hash_bits, **kwargs)
 
 
 @register_model("gcnn_d4")
-def gcnn_d4(num_classes: int = 8, **kwargs) -> GroupEquivariantCNN:
+def gcnn_d4(num_classes: int = 8, *, hash_bits: int | None = None, **kwargs) -> GroupEquivariantCNN:
     """The same over D4 (rotations and mirror images): dermoscopy has no handedness either."""
-    return GroupEquivariantCNN(DihedralGroup(4), num_classes, **kwargs)
+    return GroupEquivariantCNN(DihedralGroup(4), num_classes, hash_bits=hash_bits, **kwargs)

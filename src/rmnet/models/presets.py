@@ -8,11 +8,15 @@ RegNetY-800MF stages 1–5 are the stem and trunk_output.block1–4.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import partial
 
 import torch
 import torchvision
 from torch import nn
+
+from rmnet.models.arlnet import arlnet
+from rmnet.models.weights import IMAGENET_MEAN, IMAGENET_STD, Weights
 
 
 @dataclass(frozen=True)
@@ -28,7 +32,7 @@ class BackbonePreset:
     paper_rm: str  # where the paper puts RM (its best strict RM-GAP position)
     input_size: int = 224
     min_input_size: int = 32
-    weights: str | None = None  # torchvision weights enum, for the torch hub cache
+    weights: Weights | None = None  # published ImageNet weights of the plain network
     block_groups: dict[str, tuple[int, int]] = field(default_factory=dict)  # "C" -> (5, 8)
     input_transform: Callable[[torch.Tensor], torch.Tensor] | None = None  # with pretrained only
 
@@ -42,8 +46,8 @@ _RESNET_STEM = ("conv1", "bn1", "relu", "maxpool")
 
 def inception_input_transform(x: torch.Tensor) -> torch.Tensor:
     """Map ImageNet-normalised input to the [-1, 1] scaling Inception-V3's weights expect."""
-    mean = x.new_tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-    std = x.new_tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    mean = x.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = x.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
     return (x * std + mean - 0.5) / 0.5
 
 
@@ -92,7 +96,7 @@ PRESETS: dict[str, BackbonePreset] = {
             head=("fc",),
             classifier="fc",
             paper_rm="5-8",
-            weights="ResNet18_Weights.IMAGENET1K_V1",
+            weights=Weights("ResNet18_Weights.IMAGENET1K_V1"),
         ),
         BackbonePreset(
             name="resnet34",
@@ -102,7 +106,7 @@ PRESETS: dict[str, BackbonePreset] = {
             head=("fc",),
             classifier="fc",
             paper_rm="8-16",
-            weights="ResNet34_Weights.IMAGENET1K_V1",
+            weights=Weights("ResNet34_Weights.IMAGENET1K_V1"),
         ),
         BackbonePreset(
             name="inception_v3",
@@ -135,7 +139,7 @@ PRESETS: dict[str, BackbonePreset] = {
             paper_rm="C-E",
             input_size=299,
             min_input_size=75,
-            weights="Inception_V3_Weights.IMAGENET1K_V1",
+            weights=Weights("Inception_V3_Weights.IMAGENET1K_V1", input_size=299),
             input_transform=inception_input_transform,
         ),
         BackbonePreset(
@@ -146,7 +150,7 @@ PRESETS: dict[str, BackbonePreset] = {
             head=("classifier",),
             classifier="classifier.1",
             paper_rm="5-9",
-            weights="EfficientNet_B0_Weights.IMAGENET1K_V1",
+            weights=Weights("EfficientNet_B0_Weights.IMAGENET1K_V1"),
         ),
         BackbonePreset(
             name="regnet_y_800mf",
@@ -158,7 +162,7 @@ PRESETS: dict[str, BackbonePreset] = {
             # The paper does not say; the last two stages, by analogy with its other best
             # positions (the second half of the network). See docs/backbones.md.
             paper_rm="4-5",
-            weights="RegNet_Y_800MF_Weights.IMAGENET1K_V2",
+            weights=Weights("RegNet_Y_800MF_Weights.IMAGENET1K_V2"),
         ),
         BackbonePreset(
             name="small_cnn",
@@ -173,3 +177,9 @@ PRESETS: dict[str, BackbonePreset] = {
         ),
     )
 }
+
+# ARLNet18/34 (rmnet.models.arlnet): the ResNet presets with attention residual learning blocks;
+# same block numbering, same ImageNet weights (the blocks add no convolution).
+for _depth in (18, 34):
+    _preset = replace(PRESETS[f"resnet{_depth}"], name=f"arlnet{_depth}", build=partial(arlnet, _depth))
+    PRESETS[_preset.name] = _preset

@@ -5,40 +5,14 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
-from pathlib import Path
 
 import torch
-import torchvision
 from torch import nn
 
 log = logging.getLogger(__name__)
 
 # Keys a plain torchvision checkpoint may hold that rmnet models leave out on purpose.
 IGNORED_PREFIXES = ("AuxLogits.",)
-
-
-def hub_cache_path(weights: str) -> Path:
-    """Where torchvision would have cached the weights ``weights`` (e.g. "ResNet18_Weights.IMAGENET1K_V1")."""
-    url = torchvision.models.get_weight(weights).url
-    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
-
-
-def resolve_pretrained(pretrained: str | os.PathLike | bool, weights: str | None, arch: str) -> Path:
-    """A local weights file: the given path, or for ``True`` the torch hub cache entry."""
-    if pretrained is True:
-        if weights is None:
-            raise ValueError(f"{arch} has no published ImageNet weights; pass pretrained=PATH")
-        path = hub_cache_path(weights)
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"ImageNet weights for {arch} are not in the torch hub cache ({path}). rmnet never "
-                "downloads: copy the torchvision file there, or pass pretrained=PATH to a state_dict."
-            )
-        return path
-    path = Path(pretrained)
-    if not path.is_file():
-        raise FileNotFoundError(f"pretrained weights file not found: {path}")
-    return path
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:

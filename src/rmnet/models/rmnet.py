@@ -1,4 +1,4 @@
-"""A preset backbone with Rotation Meanout embedded, an optional hash layer and a classifier.
+"""A preset backbone (PresetNet) and the same with Rotation Meanout embedded (RMNet).
 
 The backbone's modules stay registered at their torchvision paths, so the state_dict keys of
 an RM model are those of the plain network: ImageNet weights load unchanged. RM regions run
@@ -15,8 +15,11 @@ import torch
 from torch import nn
 
 from rmnet.meanout import RotationMeanout
-from rmnet.models.presets import BackbonePreset
+from rmnet.models.base import ImageClassifier
+from rmnet.models.factory import register_model
+from rmnet.models.presets import PRESETS, BackbonePreset
 from rmnet.models.pretrained import load_pretrained
+from rmnet.models.weights import resolve_weights
 
 RMSpec = str | Sequence[str] | None
 
@@ -90,8 +93,66 @@ def _block_range(token: str, preset: BackbonePreset) -> tuple[int, int]:
     )
 
 
-class RMNet(nn.Module):
-    """Backbone (+ RM regions) → global average pool → [hash layer] → classifier."""
+class PresetNet(ImageClassifier):
+    """A preset backbone as published → global average pool → [hash layer] → classifier.
+
+    The backbone's modules stay registered at their torchvision paths, so ImageNet weights load.
+    """
+
+    def __init__(
+        self,
+        preset: BackbonePreset,
+        num_classes: int,
+        *,
+        hash_bits: int | None = None,
+        weights: str | os.PathLike | None = None,
+        **build_kwargs,
+    ) -> None:
+        super().__init__()
+        self.preset = preset
+        plain = preset.build(**build_kwargs)
+        for name, child in plain.named_children():
+            self.add_module(name, child)
+        self.input_transform = (
+            _Lambda(preset.input_transform) if weights is not None and preset.input_transform else None
+        )
+        classifier = self.get_submodule(preset.classifier)
+        self.num_features = classifier.in_features
+        self.hash_bits = hash_bits
+        self.hash = nn.Linear(self.num_features, hash_bits) if hash_bits else None
+        self.set_submodule(preset.classifier, nn.Linear(hash_bits or self.num_features, num_classes))
+        self.num_classes = num_classes
+        if weights is not None:
+            load_pretrained(self, weights, preset.classifier)
+        self._trunk = self._plain_trunk()
+
+    def _plan(self) -> list[nn.Module]:
+        """The stem and the numbered blocks, in order."""
+        return [self.get_submodule(p) for p in (*self.preset.stem, *self.preset.blocks)]
+
+    def _plain_trunk(self) -> tuple[nn.Module, ...]:
+        return tuple(([self.input_transform] if self.input_transform else []) + self._plan())
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled features (B, num_features): rotation-invariant after a strict RM region."""
+        for step in self._trunk:
+            x = step(x)
+        return x.mean(dim=(-2, -1))
+
+    def forward_head(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        codes = features if self.hash is None else self.hash(features)
+        logits = codes
+        for path in self.preset.head:
+            logits = self.get_submodule(path)(logits)
+        return codes, logits
+
+
+class RMNet(PresetNet):
+    """A preset backbone with Rotation Meanout around some of its blocks (``rm``).
+
+    RM regions run the backbone's modules through :func:`rotation_meanout` without owning them,
+    so the state_dict keys are those of the plain network.
+    """
 
     def __init__(
         self,
@@ -108,23 +169,8 @@ class RMNet(nn.Module):
         weights: str | os.PathLike | None = None,
         **build_kwargs,
     ) -> None:
-        super().__init__()
-        self.preset = preset
-        plain = preset.build(**build_kwargs)
-        for name, child in plain.named_children():
-            self.add_module(name, child)
-        if weights is not None and preset.input_transform is not None:
-            self.input_transform = _Lambda(preset.input_transform)
-
-        classifier = self.get_submodule(preset.classifier)
-        self.num_features = classifier.in_features
-        self.hash_bits = hash_bits
-        self.hash = nn.Linear(self.num_features, hash_bits) if hash_bits else None
-        self.set_submodule(preset.classifier, nn.Linear(hash_bits or self.num_features, num_classes))
-        self.num_classes = num_classes
-        if weights is not None:  # before RM is built, so RM-NWS branches copy the loaded weights
-            load_pretrained(self, weights, preset.classifier)
-
+        # The weights load first, so RM-NWS branches copy the loaded weights.
+        super().__init__(preset, num_classes, hash_bits=hash_bits, weights=weights, **build_kwargs)
         self.rm_spec = rm
         self.rm_options = dict(
             k=k, fusion=fusion, dihedral=dihedral, rotate=rotate, share_weights=share_weights
@@ -135,8 +181,8 @@ class RMNet(nn.Module):
 
     def _build_trunk(self) -> None:
         """Lay out the forward pass: stem + blocks, with RM around each region."""
-        plan = [self.get_submodule(p) for p in (*self.preset.stem, *self.preset.blocks)]
-        steps: list[nn.Module] = [self.input_transform] if hasattr(self, "input_transform") else []
+        plan = self._plan()
+        steps: list[nn.Module] = [self.input_transform] if self.input_transform else []
         regions = sorted(self.regions)
         for (_, b), (c, _) in zip(regions, regions[1:], strict=False):
             if c <= b:
@@ -156,7 +202,7 @@ class RMNet(nn.Module):
 
     def _region_channels(self, regions: list[tuple[int, int]]) -> dict[tuple[int, int], int]:
         """Output channels of each region, found by a dry run (needed by embedding fusion)."""
-        plan = [self.get_submodule(p) for p in (*self.preset.stem, *self.preset.blocks)]
+        plan = self._plan()
         size = self.preset.min_input_size
         x = torch.zeros(2, 3, size, size)
         out, was_training = {}, self.training
@@ -167,29 +213,6 @@ class RMNet(nn.Module):
                 out.update({r: x.shape[1] for r in regions if r[1] == i})
         self.train(was_training)
         return out
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Pooled features (B, num_features): rotation-invariant after a strict RM region."""
-        for step in self._trunk:
-            x = step(x)
-        return x.mean(dim=(-2, -1))
-
-    def forward_codes(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(codes, logits): codes are the hash layer's output, or the pooled features."""
-        codes = self.forward_features(x)
-        if self.hash is not None:
-            codes = self.hash(codes)
-        logits = codes
-        for path in self.preset.head:
-            logits = self.get_submodule(path)(logits)
-        return codes, logits
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_codes(x)[1]
-
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """The retrieval code (B, hash_bits), or pooled features when there is no hash layer."""
-        return self.forward_codes(x)[0]
 
     def rm_regions(self) -> list[tuple[str, str]]:
         """(first, last) module paths of each RM region, for display and checks."""
@@ -206,3 +229,33 @@ class _Lambda(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fn(x)
+
+
+def preset_builder(preset: BackbonePreset):
+    """The registered builder of ``preset``: the backbone with RM at any block range."""
+
+    def build(
+        num_classes: int = 8,
+        *,
+        rm: RMSpec = None,
+        k: int = 4,
+        fusion: str = "mean",
+        dihedral: bool = False,
+        rotate: bool = True,
+        share_weights: bool = True,
+        hash_bits: int | None = None,
+        pretrained: str | os.PathLike | None = None,
+        **build_kwargs,
+    ) -> RMNet:
+        weights = resolve_weights(pretrained, preset.weights, preset.name)
+        return RMNet(
+            preset, num_classes, rm=rm, k=k, fusion=fusion, dihedral=dihedral, rotate=rotate,
+            share_weights=share_weights, hash_bits=hash_bits, weights=weights, **build_kwargs,
+        )  # fmt: skip
+
+    build.__doc__ = f"{preset.name} with RM at any block range (the paper's position: {preset.paper_rm})."
+    return build
+
+
+for _preset in PRESETS.values():
+    register_model(_preset.name, preset=_preset)(preset_builder(_preset))

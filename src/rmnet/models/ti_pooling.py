@@ -3,7 +3,8 @@
 The preset backbone runs on the k copies as one batch of k·B; its pooled feature vectors are
 reduced by an element-wise maximum over the copies before the (hash layer and) classifier.
 With k = 4 the features are exactly invariant to 90° rotations of the input, at k times the
-cost of the whole network and without a single added parameter.
+cost of the whole network and without a single added parameter. No RM is involved: it is the
+plain preset network (its state_dict keys unchanged) with another ``forward_features``.
 """
 
 from __future__ import annotations
@@ -15,15 +16,15 @@ import torch
 from rmnet.groups import CyclicGroup
 from rmnet.models.factory import register_model
 from rmnet.models.presets import PRESETS, BackbonePreset
-from rmnet.models.pretrained import resolve_pretrained
-from rmnet.models.rmnet import RMNet
+from rmnet.models.rmnet import PresetNet
+from rmnet.models.weights import resolve_weights
 
 
-class TIPoolingNet(RMNet):
-    """A preset backbone (no RM) whose pooled features are maxed over k rotated input copies."""
+class TIPoolingNet(PresetNet):
+    """A plain preset backbone whose pooled features are maxed over k rotated input copies."""
 
     def __init__(self, preset: BackbonePreset, num_classes: int, k: int = 4, **kwargs) -> None:
-        super().__init__(preset, num_classes, rm=None, **kwargs)
+        super().__init__(preset, num_classes, **kwargs)
         self.group = CyclicGroup(k)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -42,10 +43,10 @@ def _ti_pooling_builder(preset: BackbonePreset):
         *,
         k: int = 4,
         hash_bits: int | None = None,
-        pretrained: str | os.PathLike | bool | None = None,
+        pretrained: str | os.PathLike | None = None,
         **kwargs,
     ) -> TIPoolingNet:
-        weights = resolve_pretrained(pretrained, preset.weights, preset.name) if pretrained else None
+        weights = resolve_weights(pretrained, preset.weights, "ti_pooling_" + preset.name)
         return TIPoolingNet(preset, num_classes, k=k, hash_bits=hash_bits, weights=weights, **kwargs)
 
     build.__doc__ = f"TI-pooling over {preset.name}: the backbone on k rotated copies, max-pooled."
@@ -53,4 +54,4 @@ def _ti_pooling_builder(preset: BackbonePreset):
 
 
 for _name, _preset in PRESETS.items():
-    register_model(f"ti_pooling_{_name}")(_ti_pooling_builder(_preset))
+    register_model(f"ti_pooling_{_name}", preset=_preset)(_ti_pooling_builder(_preset))

@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from rmnet.groups import rotate
-from rmnet.objectives import Objective, register_objective
+from rmnet.models.base import unwrap
+from rmnet.objectives.base import Objective, register_objective
 
 _MAX_COSINE = 0.99  # keeps the Cauchy distance of a pair away from 0 (log(1 + γ/d) blows up)
 
@@ -59,17 +60,12 @@ class HashingObjective(Objective):
 
 
 def codes_and_logits(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``model.forward_codes(images)``, with an error that says what is missing when it is.
+    """``model.forward_codes(images)`` of the bare rmnet model.
 
     Under DDP the training loop wraps model and objective together (rmnet.train.TrainingStep),
     so the objective always sees the bare model and may call any of its methods.
     """
-    if not hasattr(model, "forward_codes"):
-        raise TypeError(
-            f"hashing losses need a model with forward_codes() (a preset with hash_bits); "
-            f"{type(model).__name__} has none"
-        )
-    return model.forward_codes(images)
+    return unwrap(model).forward_codes(images)
 
 
 def cauchy_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

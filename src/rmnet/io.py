@@ -1,0 +1,70 @@
+"""Small helpers every part shares: one atomic write, one device rule, one percent format.
+
+Nothing heavy is imported here (torch only inside :func:`resolve_device`), so the command line
+can use these without loading PyTorch.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+TEMPORARY_PATTERN = ".*.tmp"
+
+
+def temporary_path(path: str | os.PathLike) -> Path:
+    """A hidden sibling of ``path`` to write into before renaming (matches ``TEMPORARY_PATTERN``).
+
+    The process id keeps concurrent writers (DDP ranks, two CLI calls) off each other's files.
+    """
+    path = Path(path)
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
+    """Call ``write(tmp)`` on a temporary sibling, then rename it to ``path``.
+
+    The file appears whole or not at all: a crash or an exception leaves the old file (or none).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_path(path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically (see :func:`atomic_write`)."""
+    return atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (see :func:`atomic_write`)."""
+    return atomic_write(path, lambda tmp: tmp.write_bytes(data))
+
+
+def resolve_device(device: str | torch.device = "auto", local_rank: int | None = None) -> torch.device:
+    """The device for ``device``: "auto" is CUDA when available (one GPU per torchrun rank), else CPU."""
+    import torch
+
+    if str(device) == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", local_rank or 0)
+        return torch.device("cpu")
+    return torch.device(device)
+
+
+def format_percent(value: float | None, digits: int = 2) -> str:
+    """A fraction in [0, 1] as a percentage with ``digits`` decimals; "–" when missing or NaN."""
+    if value is None or value != value:
+        return "–"
+    return f"{100 * value:.{digits}f}"
