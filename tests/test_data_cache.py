@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import shutil
 import subprocess
 import sys
+import warnings
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from rmnet.data import UnreadableImageError, load_image_table, prepare_cache
+from rmnet.data import ImageDataset, UnreadableImageError, load_image_table, prepare_cache, read_skipped
+from rmnet.data.images import SkippedImageWarning
 
 
 def _dead_pid() -> int:
@@ -115,7 +119,10 @@ def test_a_temporary_file_of_a_running_writer_is_left_alone(isic_root, tmp_path)
 
 def test_processes_caching_the_same_folder_at_once_all_succeed(isic_root, tmp_path):
     table = load_image_table(isic_root)
-    context = multiprocessing.get_context("fork")
+    # Not "fork": forking a process that runs PyTorch or OpenMP threads can deadlock the child.
+    context = multiprocessing.get_context("forkserver" if os.name == "posix" else "spawn")
+    if os.name == "posix":
+        context.set_forkserver_preload(["rmnet.data.cache"])  # imported once, not once per child
     with context.Pool(3) as pool:  # like torchrun ranks, each preparing the cache it needs
         results = pool.starmap(prepare_cache, [(table, tmp_path / "cache", 16, 1)] * 3)
     assert all(r.paths == results[0].paths for r in results)
@@ -142,9 +149,70 @@ def test_unreadable_source_is_named_after_the_others_are_cached(isic_root, tmp_p
     root = Path(shutil.copytree(isic_root, tmp_path / "isic"))
     (root / "ISIC_2019_Training_Input" / "ISIC_0000007.jpg").write_bytes(b"garbage")
     table = load_image_table(root)
-    with pytest.raises(UnreadableImageError, match=r"could not cache 1 of 32 images: .*ISIC_0000007.jpg"):
+    with pytest.raises(
+        UnreadableImageError, match=r"could not cache 1 of 32 images: .*ISIC_0000007.jpg"
+    ) as error:
         prepare_cache(table, tmp_path / "cache", short_edge=16, workers=1)
+    # The advice leads somewhere that works, in the command line's words.
+    assert "pass --on-error skip to leave them out" in str(error.value) and "remove" not in str(error.value)
     assert len(list((tmp_path / "cache").glob("*.jpg"))) == 31
-    with pytest.warns(UserWarning, match="ISIC_0000007.jpg"):
+    with pytest.warns(SkippedImageWarning, match="ISIC_0000007.jpg"):
         cached = prepare_cache(table, tmp_path / "cache", short_edge=16, workers=1, on_error="skip")
     assert cached.paths[7] == table.paths[7] and cached.paths[6].parent == tmp_path / "cache"
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+
+
+def test_skip_names_each_image_once_and_records_the_list_in_the_cache(isic_root, tmp_path):
+    root = Path(shutil.copytree(isic_root, tmp_path / "isic"))
+    _truncate(root / "ISIC_2019_Training_Input" / "ISIC_0000011.jpg")  # a truncated JPEG
+    (root / "ISIC_2019_Training_Input" / "ISIC_0000020.jpg").write_bytes(b"not a jpeg")
+    table = load_image_table(root)
+    with pytest.warns(SkippedImageWarning) as warned:
+        cached = prepare_cache(table, tmp_path / "cache", short_edge=16, workers=2, on_error="skip")
+    lines = sorted(str(w.message) for w in warned)
+    assert [line.split(" (")[0] for line in lines] == [
+        "skipped image ISIC_0000011",
+        "skipped image ISIC_0000020",
+    ]
+    assert "truncated" in lines[0].lower() and all("\n" not in line for line in lines)
+
+    # The cache records what it left out; the table knows, so training leaves them out quietly.
+    assert json.loads((tmp_path / "cache" / "skipped.json").read_text())["skipped"][0]["id"] == "ISIC_0000011"
+    assert [(s.id, s.path) for s in read_skipped(tmp_path / "cache")] == [
+        ("ISIC_0000011", table.paths[11]),
+        ("ISIC_0000020", table.paths[20]),
+    ]
+    assert set(cached.unreadable) == {"ISIC_0000011", "ISIC_0000020"} and cached.ids == table.ids
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no second warning about the same images
+        dataset = ImageDataset(cached, on_error="skip")
+    assert len(dataset) == 30 and {s.id for s in dataset.skipped} == {"ISIC_0000011", "ISIC_0000020"}
+
+    # Fixed files are cached by the next run, and the record follows.
+    shutil.copy(isic_root / "ISIC_2019_Training_Input" / "ISIC_0000011.jpg", table.paths[11])
+    with pytest.warns(SkippedImageWarning, match="ISIC_0000020"):
+        again = prepare_cache(table, tmp_path / "cache", short_edge=16, workers=1, on_error="skip")
+    assert [s.id for s in read_skipped(tmp_path / "cache")] == ["ISIC_0000020"]
+    assert again.paths[11].parent == tmp_path / "cache" and list(again.unreadable) == ["ISIC_0000020"]
+
+
+def test_a_complete_cache_records_that_nothing_was_skipped(isic_root, tmp_path):
+    prepare_cache(load_image_table(isic_root).subset(range(3)), tmp_path / "cache", short_edge=16, workers=1)
+    assert read_skipped(tmp_path / "cache") == []
+    assert read_skipped(tmp_path / "nowhere") == []
+
+
+def test_the_worker_pool_does_not_fork_this_process(isic_root, tmp_path, monkeypatch):
+    methods = []
+    original = ProcessPoolExecutor.__init__
+
+    def spy(self, *args, mp_context=None, **kwargs):
+        methods.append(mp_context.get_start_method() if mp_context else multiprocessing.get_start_method())
+        original(self, *args, mp_context=mp_context, **kwargs)
+
+    monkeypatch.setattr(ProcessPoolExecutor, "__init__", spy)
+    prepare_cache(load_image_table(isic_root).subset(range(4)), tmp_path / "cache", short_edge=16, workers=2)
+    assert methods and methods[0] in ("forkserver", "spawn")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from rmnet.data import (
     build_transform,
     load_image_table,
 )
+from rmnet.data.images import SkippedImageWarning
 
 
 @pytest.fixture
@@ -72,8 +74,13 @@ def test_truncated_jpeg_raises_on_read(isic_root, tmp_path):
 
 def test_skip_leaves_unreadable_images_out_and_lists_them(damaged_root, isic_root, tmp_path):
     table = load_image_table(damaged_root)
-    with pytest.warns(UserWarning, match="skipped 2 unreadable images"):
+    with pytest.warns(SkippedImageWarning) as warned:
         dataset = ImageDataset(table, on_error="skip")
+    # One warning per image, naming it on one line.
+    lines = sorted(str(w.message) for w in warned)
+    assert len(lines) == 2 and all("\n" not in line for line in lines)
+    assert lines[0].startswith("skipped image lobed/lobed_0003 (") and "truncated" in lines[0]
+    assert lines[1].startswith("skipped image regular/regular_0001 (")
     assert len(dataset) == len(table) - 2
     assert sorted(image_id for image_id, _, _ in dataset.skipped) == [
         "lobed/lobed_0003",
@@ -93,6 +100,26 @@ def test_skip_catches_a_jpeg_cut_short(isic_root, tmp_path):
     with pytest.warns(UserWarning, match="ISIC_0000011.jpg"):
         dataset = ImageDataset(load_image_table(root), on_error="skip")
     assert [image_id for image_id, _, _ in dataset.skipped] == ["ISIC_0000011"]
+
+
+def test_images_the_table_knows_to_be_unreadable_are_left_out_without_a_second_warning(damaged_root):
+    table = load_image_table(damaged_root)
+    known = replace(table, unreadable={"lobed/lobed_0003": "OSError: found by the cache"})
+    with pytest.warns(SkippedImageWarning) as warned:
+        dataset = ImageDataset(known, on_error="skip")
+    assert [str(w.message).split(" (")[0] for w in warned] == ["skipped image regular/regular_0001"]
+    assert sorted(s.id for s in dataset.skipped) == ["lobed/lobed_0003", "regular/regular_0001"]
+    reasons = {s.id: s.reason for s in dataset.skipped}
+    assert reasons["lobed/lobed_0003"] == "OSError: found by the cache"  # not decoded again
+    assert len(dataset) == len(table) - 2
+    assert known.subset([table.ids.index("lobed/lobed_0003"), 0]).unreadable == known.unreadable
+    assert known.subset([0]).unreadable == {}
+
+
+def test_an_unreadable_image_error_says_how_to_go_on(damaged_root):
+    table = load_image_table(damaged_root)
+    with pytest.raises(UnreadableImageError, match="replace the file, or pass --on-error skip"):
+        ImageDataset(table)[table.ids.index("lobed/lobed_0003")]
 
 
 def test_unknown_on_error_policy_is_rejected(lesion_root):

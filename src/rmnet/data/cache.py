@@ -7,8 +7,9 @@ and renamed when whole, so an interrupted run leaves finished files and removabl
 
 from __future__ import annotations
 
+import json
+import multiprocessing
 import os
-import warnings
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
@@ -17,10 +18,19 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from rmnet.data.files import claim_folder, remove_abandoned_temporaries, save_image_atomically
-from rmnet.data.images import UnreadableImageError, open_rgb, resize_short_edge
+from rmnet.data.images import (
+    SkippedImage,
+    UnreadableImageError,
+    describe_problem,
+    open_rgb,
+    resize_short_edge,
+    warn_skipped,
+)
 from rmnet.data.table import ImageTable
+from rmnet.io import atomic_write_text
 
 CACHE_MANIFEST = "cache.json"
+SKIPPED_FILE = "skipped.json"
 JPEG_QUALITY = 95
 
 
@@ -35,8 +45,10 @@ def prepare_cache(
 
     Returns ``table`` with paths pointing at the cached files (same rows, ids, labels, groups and
     metadata, so a split of one is a split of the other). Files already in the cache are kept.
-    An image that cannot be read raises an error listing it after all others are done, or with
-    ``on_error="skip"`` keeps its original path (and a warning), for ImageDataset to deal with.
+    An image that cannot be read raises an error listing it after all others are done. With
+    ``on_error="skip"`` it is named in one ``SkippedImageWarning`` each, listed in
+    ``out_dir/skipped.json`` (see :func:`read_skipped`), keeps its original path and is recorded
+    in the returned table's ``unreadable``, so ``ImageDataset(on_error="skip")`` leaves it out.
     """
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
@@ -46,12 +58,13 @@ def prepare_cache(
     )
     remove_abandoned_temporaries(out_dir)  # left by an interrupted run
     targets = [out_dir / f"{name}.jpg" for name in _cache_names(table.ids)]
-    jobs = [(src, dst, short_edge) for src, dst in zip(table.paths, targets, strict=True) if not dst.exists()]
+    todo = [i for i, target in enumerate(targets) if not target.exists()]
+    jobs = [(table.paths[i], targets[i], short_edge) for i in todo]
     workers = (os.cpu_count() or 1) if workers is None else workers
     if not jobs:
         problems = []
     elif workers > 1 and len(jobs) > 1:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=_pool_context()) as pool:
             chunk = max(1, min(32, len(jobs) // (4 * workers)))
             problems = list(
                 tqdm(pool.map(cache_image, jobs, chunksize=chunk), total=len(jobs), desc="caching")
@@ -59,18 +72,49 @@ def prepare_cache(
     else:
         problems = [cache_image(job) for job in tqdm(jobs, desc="caching")]
 
-    failed = {
-        str(job[1]): problem for job, problem in zip(jobs, problems, strict=True) if problem is not None
-    }
-    if failed:
-        listed = "; ".join(list(failed.values())[:3])
+    failed = [
+        SkippedImage(table.ids[i], table.paths[i], problem)
+        for i, problem in zip(todo, problems, strict=True)
+        if problem is not None
+    ]
+    if failed and on_error == "raise":
+        listed = "; ".join(f"{f.path} ({f.reason})" for f in failed[:3])
         more = f" (and {len(failed) - 3} more)" if len(failed) > 3 else ""
-        message = f"could not cache {len(failed)} of {len(table)} images: {listed}{more}"
-        if on_error == "raise":
-            raise UnreadableImageError(f"{message}; the others are cached, fix or remove these and run again")
-        warnings.warn(f"{message}; they keep their original paths", stacklevel=2)
-    paths = [src if str(dst) in failed else dst for src, dst in zip(table.paths, targets, strict=True)]
-    return replace(table, paths=paths)
+        raise UnreadableImageError(
+            f"could not cache {len(failed)} of {len(table)} images: {listed}{more}. The others are cached; "
+            "replace these files and run again, or pass --on-error skip to leave them out"
+        )
+    # What this run left out: every image without a cached file (none when all are cached).
+    record = {"skipped": [f.to_dict() for f in failed]}
+    atomic_write_text(out_dir / SKIPPED_FILE, json.dumps(record, indent=1) + "\n")
+    warn_skipped(failed)
+    left_out = {f.id for f in failed}
+    paths = [
+        src if i in left_out else dst for i, src, dst in zip(table.ids, table.paths, targets, strict=True)
+    ]
+    unreadable = table.unreadable | {f.id: f.reason for f in failed}
+    return replace(table, paths=paths, unreadable=unreadable)
+
+
+def read_skipped(cache_dir: str | os.PathLike) -> list[SkippedImage]:
+    """The images the last ``prepare_cache`` of ``cache_dir`` left out (from its skipped.json)."""
+    path = Path(cache_dir) / SKIPPED_FILE
+    if not path.is_file():
+        return []
+    return [
+        SkippedImage(s["id"], Path(s["path"]), s["reason"]) for s in json.loads(path.read_text())["skipped"]
+    ]
+
+
+def _pool_context() -> multiprocessing.context.BaseContext:
+    """Worker processes that do not inherit this one's threads: a ``fork`` after PyTorch or OpenMP
+    started their thread pools can deadlock the child. The fork server forks from a clean process
+    that imported this module once (fast); where there is none (Windows), spawn."""
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload([__name__])
+        return context
+    return multiprocessing.get_context("spawn")
 
 
 def cache_image(job: tuple[Path, Path, int]) -> str | None:
@@ -79,7 +123,7 @@ def cache_image(job: tuple[Path, Path, int]) -> str | None:
     try:
         image = resize_short_edge(open_rgb(source, min_short_edge=short_edge), short_edge)
     except UnreadableImageError as error:
-        return str(error)
+        return describe_problem(error)
     save_image_atomically(image, target, format="JPEG", quality=JPEG_QUALITY)
     return None
 

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -14,7 +12,7 @@ from torch.utils.data import Dataset
 from torchvision.transforms.v2 import functional as F
 from tqdm.auto import tqdm
 
-from rmnet.data.images import UnreadableImageError, check_image, open_rgb
+from rmnet.data.images import SkippedImage, UnreadableImageError, check_image, open_rgb, warn_skipped
 from rmnet.data.table import ImageTable
 
 
@@ -23,9 +21,11 @@ class ImageDataset(Dataset):
 
     ``on_error="raise"`` (default) reads lazily; an unreadable file raises an error naming it.
     ``on_error="skip"`` test-decodes every image once here (JPEGs at 1/8 scale, which still reads
-    every byte, so truncated files are caught), leaves out those that fail and lists them in
-    ``skipped`` as ``(id, path, reason)``. Items are never replaced, so a label always belongs to
-    its own image.
+    every byte, so truncated files are caught), leaves out those that fail, lists them in
+    ``skipped`` as :class:`SkippedImage` ``(id, path, reason)`` and issues one
+    ``SkippedImageWarning`` per image. Images the table already knows to be unreadable
+    (``table.unreadable``, found by ``prepare_cache``) are left out without decoding or a second
+    warning. Items are never replaced, so a label always belongs to its own image.
     """
 
     def __init__(
@@ -40,29 +40,26 @@ class ImageDataset(Dataset):
         self.table = table
         self.transform = transform
         self.indices = np.arange(len(table)) if indices is None else np.asarray(indices, dtype=np.int64)
-        self.skipped: list[tuple[str, Path, str]] = []
+        self.skipped: list[SkippedImage] = []
         if on_error == "skip":
             self._leave_out_unreadable()
 
     def _leave_out_unreadable(self) -> None:
+        known = self.table.unreadable
+        ids = [self.table.ids[i] for i in self.indices]
         paths = [self.table.paths[i] for i in self.indices]
-        with ThreadPoolExecutor(
-            max_workers=min(8, os.cpu_count() or 1)
-        ) as pool:  # PIL decodes without the GIL
-            problems = list(
-                tqdm(pool.map(check_image, paths), total=len(paths), desc="checking images", leave=False)
-            )
-        keep = [problem is None for problem in problems]
+        to_check = [path for image_id, path in zip(ids, paths, strict=True) if image_id not in known]
+        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:  # PIL frees the GIL
+            results = pool.map(check_image, to_check)
+            checked = iter(list(tqdm(results, total=len(to_check), desc="checking images", leave=False)))
+        problems = [known[image_id] if image_id in known else next(checked) for image_id in ids]
         self.skipped = [
-            (self.table.ids[i], path, problem)
-            for i, path, problem in zip(self.indices, paths, problems, strict=True)
+            SkippedImage(image_id, path, problem)
+            for image_id, path, problem in zip(ids, paths, problems, strict=True)
             if problem is not None
         ]
-        self.indices = self.indices[np.array(keep, dtype=bool)]
-        if self.skipped:
-            listed = ", ".join(f"{path} ({problem})" for _, path, problem in self.skipped[:3])
-            more = f" and {len(self.skipped) - 3} more" if len(self.skipped) > 3 else ""
-            warnings.warn(f"skipped {len(self.skipped)} unreadable images: {listed}{more}", stacklevel=3)
+        self.indices = self.indices[np.array([problem is None for problem in problems], dtype=bool)]
+        warn_skipped(s for s in self.skipped if s.id not in known)  # those known were reported before
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -72,7 +69,10 @@ class ImageDataset(Dataset):
         try:
             image = open_rgb(self.table.paths[index])
         except UnreadableImageError as error:
-            raise UnreadableImageError(f"{error} (image id {self.table.ids[index]})") from error
+            raise UnreadableImageError(
+                f"{error} (image id {self.table.ids[index]}); replace the file, or pass --on-error skip "
+                "to leave unreadable images out"
+            ) from error
         return (self.transform(image) if self.transform else F.pil_to_tensor(image)), int(
             self.table.labels[index]
         )

@@ -9,30 +9,20 @@ from pathlib import Path
 
 from PIL import Image
 
-TEMPORARY_PATTERN = ".*.tmp"
+from rmnet.io import TEMPORARY_PATTERN, atomic_write, temporary_path
 
-
-def temporary_path(path: Path) -> Path:
-    """A hidden sibling of ``path`` to write into before renaming (matches ``TEMPORARY_PATTERN``)."""
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
-
-
-def write_text_atomically(path: Path, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file, so a crash never leaves half of it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = temporary_path(path)
-    temporary.write_text(text)
-    os.replace(temporary, path)
-    return path
+__all__ = [
+    "TEMPORARY_PATTERN",
+    "claim_folder",
+    "remove_abandoned_temporaries",
+    "save_image_atomically",
+    "temporary_path",
+]
 
 
 def save_image_atomically(image: Image.Image, path: Path, **options) -> Path:
     """``image.save(path, **options)`` through a temporary file (``format=`` is required)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = temporary_path(path)
-    image.save(temporary, **options)
-    os.replace(temporary, path)
-    return path
+    return atomic_write(path, lambda temporary: image.save(temporary, **options))
 
 
 def remove_abandoned_temporaries(folder: Path) -> None:

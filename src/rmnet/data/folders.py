@@ -73,7 +73,8 @@ def load_csv_list(csv: str | os.PathLike) -> ImageTable:
     if missing:
         more = f" (and {len(missing) - 3} more)" if len(missing) > 3 else ""
         raise FileNotFoundError(
-            f"{len(missing)} images listed in {csv} do not exist: {', '.join(missing[:3])}{more}"
+            f"{len(missing)} images listed in {csv} do not exist: {', '.join(missing[:3])}{more}; "
+            "restore them or remove their rows from the CSV"
         )
     not_images = [str(p) for p in paths if not is_image_file(p)]
     if not_images:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
+from collections.abc import Iterable
 from pathlib import Path
+from typing import NamedTuple
 
 from PIL import Image, ImageOps
 
@@ -13,6 +16,31 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", 
 
 class UnreadableImageError(OSError):
     """An image file that is missing, truncated or not an image; the message names the file."""
+
+
+class SkippedImage(NamedTuple):
+    """An image left out with ``on_error="skip"``: its id, its file and what was wrong with it."""
+
+    id: str
+    path: Path
+    reason: str
+
+    def line(self) -> str:
+        """One line naming the image, e.g. for a warning or a log."""
+        return f"skipped image {self.id} ({self.path}): {self.reason}"
+
+    def to_dict(self) -> dict[str, str]:
+        return {"id": self.id, "path": str(self.path), "reason": self.reason}
+
+
+class SkippedImageWarning(UserWarning):
+    """Issued once per image left out by ``on_error="skip"`` (the command line prints it as one line)."""
+
+
+def warn_skipped(skipped: Iterable[SkippedImage]) -> None:
+    """One :class:`SkippedImageWarning` per skipped image, naming it."""
+    for image in skipped:
+        warnings.warn(image.line(), SkippedImageWarning, stacklevel=2)
 
 
 def is_image_file(path: str | os.PathLike) -> bool:
@@ -54,5 +82,11 @@ def check_image(path: str | os.PathLike) -> str | None:
             image.draft("RGB", (1, 1))
             image.load()
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
-        return f"{type(error).__name__}: {error}"
+        return describe_problem(error)
     return None
+
+
+def describe_problem(error: BaseException) -> str:
+    """What was wrong with a file, without its path: ``"OSError: image file is truncated …"``."""
+    cause = error.__cause__ if isinstance(error, UnreadableImageError) and error.__cause__ else error
+    return f"{type(cause).__name__}: {cause}"

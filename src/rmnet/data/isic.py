@@ -55,7 +55,7 @@ def load_isic2019(
     ground_truth = Path(ground_truth) if ground_truth else find_isic_csv(images, GROUND_TRUTH_NAME)
     if ground_truth is None:
         raise FileNotFoundError(
-            f"no {GROUND_TRUTH_NAME} in {images} or its parent; pass the ground-truth CSV explicitly"
+            f"no {GROUND_TRUTH_NAME} in {images} or its parent; give the ground-truth CSV with --ground-truth"
         )
     if (images / IMAGES_FOLDER_NAME).is_dir():
         images = images / IMAGES_FOLDER_NAME
@@ -141,7 +141,8 @@ def _locate_images(names: list[str], folder: Path, ground_truth: Path) -> list[P
         more = f" (and {len(missing) - 3} more)" if len(missing) > 3 else ""
         raise FileNotFoundError(
             f"{len(missing)} images listed in {ground_truth} are not in {folder}: "
-            f"{', '.join(missing[:3])}{more}; check the images folder or pass ground_truth= for this subset"
+            f"{', '.join(missing[:3])}{more}; restore them, or give a ground-truth CSV without their rows "
+            "with --ground-truth (to leave out images that exist but cannot be read, use --on-error skip)"
         )
     return paths
 

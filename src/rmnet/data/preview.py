@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from rmnet.data.files import temporary_path
 from rmnet.data.images import open_rgb
 from rmnet.data.table import ImageTable
+from rmnet.io import atomic_write
 
 
 def save_contact_sheet(table: ImageTable, path: str | os.PathLike, per_class: int = 8, seed: int = 0) -> Path:
@@ -30,8 +30,4 @@ def save_contact_sheet(table: ImageTable, path: str | os.PathLike, per_class: in
                 ax.imshow(open_rgb(table.paths[index]))
         row_axes[0].set_ylabel(table.class_names[c], rotation=0, ha="right", va="center")
     figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(temporary_path(path), dpi=100, format="png")
-    os.replace(temporary_path(path), path)
-    return path
+    return atomic_write(path, lambda temporary: figure.savefig(temporary, dpi=100, format="png"))

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from rmnet.data.files import write_text_atomically
 from rmnet.data.table import ImageTable
+from rmnet.io import atomic_write_text
 
 PARTS = ("train", "val", "test")
 
@@ -110,7 +110,7 @@ def save_split(split: Split, path: str | os.PathLike) -> Path:
     }
     # One key per line, each value compact: the header stays readable above long index lists.
     lines = [f" {json.dumps(key)}: {json.dumps(value)}" for key, value in record.items()]
-    write_text_atomically(path, "{\n" + ",\n".join(lines) + "\n}\n")
+    atomic_write_text(path, "{\n" + ",\n".join(lines) + "\n}\n")
     return path
 
 

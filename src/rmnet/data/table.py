@@ -13,7 +13,12 @@ import pandas as pd
 
 @dataclass
 class ImageTable:
-    """One row per image; ``labels[i]`` indexes ``class_names``, ``groups[i]`` is its lesion_id or None."""
+    """One row per image; ``labels[i]`` indexes ``class_names``, ``groups[i]`` is its lesion_id or None.
+
+    ``unreadable`` maps the ids of images already found unreadable (by ``prepare_cache`` with
+    ``on_error="skip"``) to what was wrong; ``ImageDataset(on_error="skip")`` leaves them out
+    without decoding them again. The rows stay, so a split of the table does not depend on them.
+    """
 
     ids: list[str]
     paths: list[Path]
@@ -21,6 +26,7 @@ class ImageTable:
     class_names: list[str]
     groups: list[str | None] = field(default_factory=list)
     metadata: pd.DataFrame | None = None
+    unreadable: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.ids = [str(i) for i in self.ids]
@@ -59,13 +65,16 @@ class ImageTable:
         """The rows at ``indices`` (in that order), with the same classes."""
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         metadata = None if self.metadata is None else self.metadata.iloc[idx].reset_index(drop=True)
+        ids = [self.ids[i] for i in idx]
+        kept = set(ids) if self.unreadable else set()
         return ImageTable(
-            ids=[self.ids[i] for i in idx],
+            ids=ids,
             paths=[self.paths[i] for i in idx],
             labels=self.labels[idx],
             class_names=list(self.class_names),
             groups=[self.groups[i] for i in idx],
             metadata=metadata,
+            unreadable={i: why for i, why in self.unreadable.items() if i in kept},
         )
 
     def with_classes(self, class_names: Sequence[str]) -> ImageTable:
