@@ -6,7 +6,9 @@ The source blog's experiment (train on upright MNIST, test on rotated digits) on
 ships with scikit-learn: 1,797 real 8×8 handwritten digits, upsampled to 21×21 with the digit
 in the central 15 px (``rmnet.data.load_digits_tensors``), one fixed stratified 60/20/20 split.
 Every method is trained by ``rmnet.train.fit`` from a ``TrainConfig`` and tested on the upright
-test set, on its quarter turns, on a sweep of angles and on uniformly random angles. Writes
+test set, on its quarter turns, on a sweep of angles and on uniformly random angles. Training
+images are upright, except where a method's ``rotation_augmentation`` rotates them (by at most
+that many degrees); never flipped (a vertical flip of a digit is a rotated digit). Writes
 results/rotated_digits/: results.md/.csv (mean ± SD over training seeds), runs.csv (every
 run), accuracy_vs_angle.csv/.png.
 """
@@ -31,17 +33,21 @@ from torch import nn  # noqa: E402
 from torchvision.transforms import v2  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from benchmarks import command_line, machine_description, markdown_table, write_atomic  # noqa: E402
+from benchmarks import command_line, machine_description, markdown_table  # noqa: E402
 from benchmarks.compute_overhead import (  # noqa: E402
     count_flops,
     median_ratio,
     time_interleaved,
     training_step,
 )
-from rmnet import list_models, register_model  # noqa: E402
+from rmnet import create_model, list_models, register_model  # noqa: E402
 from rmnet.config import TrainConfig  # noqa: E402
 from rmnet.data import TensorImageDataset, load_digits_tensors  # noqa: E402
+from rmnet.data.transforms import random_rotation  # noqa: E402
 from rmnet.groups import rotate  # noqa: E402
+from rmnet.io import atomic_write, atomic_write_text  # noqa: E402
+from rmnet.meanout import RotationMeanout  # noqa: E402
+from rmnet.models.base import HashHead, ImageClassifier  # noqa: E402
 from rmnet.train import fit  # noqa: E402
 
 try:  # the outside reference; escnn needs a Fortran compiler to build (py3nj), e2cnn does not
@@ -52,21 +58,38 @@ except ImportError:
 
 # label: TrainConfig fields. Every model sees one grey channel; small_cnn has 32 channels as in
 # the blog's plain CNN, the GCNN 16 channels per group element as in the blog's GCNN.
+W32 = {"width": 32}
 METHODS: dict[str, dict] = {
-    "plain CNN": dict(arch="small_cnn", model_options={"width": 32}),
-    "RA": dict(arch="small_cnn", model_options={"width": 32}, rotation_augmentation=True),
-    "TI-pooling (k=4)": dict(arch="ti_pooling_small_cnn", model_options={"width": 32}),
+    "plain CNN": dict(arch="small_cnn", model_options=W32),
+    "RA": dict(arch="small_cnn", model_options=W32, rotation_augmentation=360),
+    "TI-pooling (k=4)": dict(arch="ti_pooling_small_cnn", model_options=W32),
     "GCNN (C4)": dict(arch="gcnn_c4", model_options={"width": 16}),
-    "RM all (k=4)": dict(arch="small_cnn", rm="all", model_options={"width": 32}),
-    "RM 3-4 (k=4)": dict(arch="small_cnn", rm="3-4", model_options={"width": 32}),
-    "RM all (k=8)": dict(arch="small_cnn", rm="all", k=8, model_options={"width": 32}),
+    "RM all (k=4)": dict(arch="small_cnn", rm="all", model_options=W32),
+    "RM 3-4 (k=4)": dict(arch="small_cnn", rm="3-4", model_options=W32),
+    "RM all (k=8)": dict(arch="small_cnn", rm="all", k=8, model_options=W32),
+    "RM all (k=8, full padding)": dict(arch="small_cnn_rm_full_padding", rm="all", k=8, model_options=W32),
     "e2cnn C4 (reference)": dict(arch="e2cnn_c4", model_options={"width": 16}),
+    # RM is exactly invariant to quarter turns, so augmentation only has to cover what lies
+    # between them: ±45° with C4, ±22.5° with C8.
+    "RM all (k=4) + RA ±45°": dict(arch="small_cnn", rm="all", model_options=W32, rotation_augmentation=45),
+    "RM all (k=8) + RA ±22.5°": dict(
+        arch="small_cnn", rm="all", k=8, model_options=W32, rotation_augmentation=22.5
+    ),
+    "RM all (D4) + RA ±45°": dict(
+        arch="small_cnn", rm="all", dihedral=True, model_options=W32, rotation_augmentation=45
+    ),
+    "RM all (k=4, width 64) + RA ±45°": dict(
+        arch="small_cnn", rm="all", model_options={"width": 64}, rotation_augmentation=45
+    ),
+    "RM all (k=4) + RA ±45°, 3× epochs": dict(
+        arch="small_cnn", rm="all", model_options=W32, rotation_augmentation=45, epochs_times=3
+    ),
 }
 QUARTER_TURNS = (90, 180, 270)
 SWEEP = tuple(range(0, 360, 15))
 
 
-class E2CNNReference(nn.Module):
+class E2CNNReference(ImageClassifier):
     """The GCNN row rebuilt with e2cnn (R2Conv on C4 regular fields, InnerBatchNorm), same layout."""
 
     def __init__(
@@ -77,8 +100,10 @@ class E2CNNReference(nn.Module):
         width: int = 16,
         strides: tuple[int, ...] = (1, 2, 2, 1),
         kernel_size: int = 5,
+        hash_bits: int | None = None,
     ) -> None:
         super().__init__()
+        self.num_classes, self.num_features, self.hash_bits = num_classes, width, hash_bits
         space = gspaces.Rot2dOnR2(N=4)
         self.in_type = enn.FieldType(space, in_chans * [space.trivial_repr])
         hidden = enn.FieldType(space, width * [space.regular_repr])
@@ -88,19 +113,34 @@ class E2CNNReference(nn.Module):
             layers += [conv, enn.InnerBatchNorm(hidden), enn.ReLU(hidden)]
             field = hidden
         self.body = enn.SequentialModule(*layers)
-        self.fc = nn.Linear(width, num_classes)
+        self.head = HashHead(width, num_classes, hash_bits)
 
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, width): mean over space and the 4 rotations of each regular field (invariant)."""
         y = self.body(enn.GeometricTensor(x, self.in_type)).tensor  # (B, width·4, H, W), fields contiguous
         return y.unflatten(1, (-1, 4)).mean(dim=(-3, -2, -1))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.embed(x))
+    def forward_head(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.head(features)
+
+
+def small_cnn_rm_full_padding(
+    num_classes: int, *, rm: str | None = None, k: int = 4, dihedral: bool = False, **options
+) -> ImageClassifier:
+    """``create_model("small_cnn", …)`` with the paper's padding in interpolated RM: every copy
+    zero-padded to ⌈√2·side⌉ before rotating (the default, padding="none", keeps the map size)."""
+    model = create_model("small_cnn", num_classes, rm=rm, k=k, dihedral=dihedral, **options)
+    for module in model.modules():
+        if isinstance(module, RotationMeanout):
+            module.padding = "full"
+    return model
 
 
 if enn is not None and "e2cnn_c4" not in list_models():
     warnings.filterwarnings("ignore", category=UserWarning, module="e2cnn")
     register_model("e2cnn_c4")(E2CNNReference)
+if "small_cnn_rm_full_padding" not in list_models():
+    register_model("small_cnn_rm_full_padding")(small_cnn_rm_full_padding)
 
 
 def load_split(size: int, seed: int = 0) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -142,16 +182,12 @@ def train_and_test(
     label: str, config: TrainConfig, split: dict, sets: dict[str, torch.Tensor]
 ) -> tuple[dict, nn.Module]:
     """One training run through rmnet.train.fit, then accuracy on every test set."""
-    augment = (
-        v2.RandomRotation((0.0, 360.0), interpolation=v2.InterpolationMode.BILINEAR)
-        if config.rotation_augmentation
-        else None
-    )
-    train_set = TensorImageDataset(*split["train"], transform=augment)
+    train_set = TensorImageDataset(*split["train"], transform=training_transform(config))
     val_set = TensorImageDataset(*split["val"])
     started = time.perf_counter()
     result = fit(config, train_set, val_set, progress=False)
     row = {"method": label, "seed": config.seed, "train seconds": time.perf_counter() - started}
+    row["epochs"] = config.epochs
     row["parameters"] = sum(p.numel() for p in result.model.parameters())
     row["train accuracy"] = 100.0 * result.history[-1]["train_accuracy"]  # running, in the last epoch
     logits = {name: logits_of(result.model, images) for name, images in sets.items()}
@@ -161,6 +197,18 @@ def train_and_test(
     row["random 0–360°"] = sum(row[name] for name in random_sets) / len(random_sets)
     row["invariance error"] = invariance_error(logits["0°"], logits["90°"])
     return row, result.model
+
+
+def training_transform(config: TrainConfig) -> v2.Compose | None:
+    """The digits' training augmentation from ``config``: ``rmnet.data.build_transform``'s random
+    rotation (at most ``rotation_augmentation`` degrees) and flips, without its resizing and
+    ImageNet normalisation (the digits are one grey channel, already at size)."""
+    steps = [random_rotation(config.rotation_augmentation)]
+    if config.flips:
+        flips = [v2.Identity(), v2.RandomHorizontalFlip(1.0), v2.RandomVerticalFlip(1.0)]
+        steps.append(v2.RandomChoice(flips))
+    steps = [step for step in steps if step is not None]
+    return v2.Compose(steps) if steps else None
 
 
 def time_steps(models: dict[str, nn.Module], split: dict, batch_size: int, repeats: int) -> pd.DataFrame:
@@ -192,7 +240,10 @@ def summarise(runs: pd.DataFrame, timing: pd.DataFrame) -> tuple[pd.DataFrame, p
     numbers = pd.concat([mean.add_suffix(" mean"), sd.add_suffix(" sd")], axis=1).reset_index()
     numbers.insert(1, "parameters", grouped["parameters"].first().to_numpy())
     numbers["fit seconds"] = grouped["train seconds"].mean().to_numpy()
+    numbers["epochs"] = grouped["epochs"].first().to_numpy()
     numbers = numbers.merge(timing, on="method")
+    plain_epochs = numbers.loc[numbers["method"] == "plain CNN", "epochs"].iloc[0]
+    numbers["training cost × plain"] = numbers["train step × plain"] * numbers["epochs"] / plain_epochs
     numbers["runs"] = grouped.size().to_numpy()
 
     text = pd.DataFrame({"method": numbers["method"], "parameters": numbers["parameters"]})
@@ -203,7 +254,8 @@ def summarise(runs: pd.DataFrame, timing: pd.DataFrame) -> tuple[pd.DataFrame, p
             f"{m:.{digits}f} ± {s:.{digits}f}"
             for m, s in zip(numbers[f"{column} mean"], numbers[f"{column} sd"], strict=True)
         ]
-    for column in ("FLOPs × plain", "train step × plain", "inference × plain"):
+    text["epochs"] = numbers["epochs"]
+    for column in ("FLOPs × plain", "train step × plain", "training cost × plain", "inference × plain"):
         text[column] = numbers[column].map("{:.2f}".format)
     text["fit seconds"] = numbers["fit seconds"].map("{:.0f}".format)
     return numbers, text
@@ -229,10 +281,8 @@ def plot_accuracy_vs_angle(runs: pd.DataFrame, path: Path) -> pd.DataFrame:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp")
-    fig.savefig(tmp, dpi=120, format="png")
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     plt.close(fig)
-    tmp.replace(path)
     return mean.T.iloc[:-1].rename_axis("angle").reset_index()  # without the closing 360° = 0°
 
 
@@ -267,14 +317,18 @@ def main(argv: list[str] | None = None) -> None:
         weight_decay=1e-4,
         lr_step=max(1, round(args.epochs * 2 / 3)),
         image_size=args.size,
+        flips=False,  # a vertical flip of a digit is a rotated digit: "upright only" means no flips
         workers=0,
         device="cpu",
     )
     rows, first_models = [], {}
     runs = [(seed, label) for seed in args.seeds for label in methods]  # seeds outermost: drift hits all
     for seed, label in tqdm(runs, desc="training runs"):
-        fields = METHODS[label]
+        fields = dict(METHODS[label])
         options = {"in_chans": 1, **fields.get("model_options", {})}
+        if "epochs_times" in fields:  # a longer schedule, the learning-rate step at the same fraction
+            epochs = args.epochs * fields.pop("epochs_times")
+            fields.update(epochs=epochs, lr_step=max(1, round(epochs * 2 / 3)))
         config = base.replace(**{**fields, "model_options": options}, seed=seed)
         row, model = train_and_test(label, config, split, sets)
         rows.append(row)
@@ -285,26 +339,30 @@ def main(argv: list[str] | None = None) -> None:
     timing = time_steps(first_models, split, args.batch_size, repeats=args.timing_repeats)
     numbers, text = summarise(runs_table, timing)
     args.out.mkdir(parents=True, exist_ok=True)
-    write_atomic(args.out / "runs.csv", runs_table.to_csv(index=False))
-    write_atomic(args.out / "results.csv", numbers.to_csv(index=False))
+    atomic_write_text(args.out / "runs.csv", runs_table.to_csv(index=False))
+    atomic_write_text(args.out / "results.csv", numbers.to_csv(index=False))
     curves = plot_accuracy_vs_angle(runs_table, args.out / "accuracy_vs_angle.png")
-    write_atomic(args.out / "accuracy_vs_angle.csv", curves.to_csv(index=False))
+    atomic_write_text(args.out / "accuracy_vs_angle.csv", curves.to_csv(index=False))
     n_train, n_val, n_test = (len(split[p][1]) for p in ("train", "val", "test"))
     caption = (
         f"`{command_line('benchmarks.rotated_digits', argv)}`, "
         f"{machine_description()}.\n\nscikit-learn digits at {args.size}×{args.size}, "
-        f"{n_train} train / {n_val} val / {n_test} test (stratified, fixed), trained on upright digits only. "
-        f"rmnet.train.fit: SGD lr {args.lr} (×0.1 after epoch {base.lr_step}), momentum 0.9, weight decay "
-        f"1e-4, batch {args.batch_size}, {args.epochs} epochs, weighted cross-entropy; the model after the "
-        f"last epoch. Accuracy (%) mean ± SD over {len(args.seeds)} training seeds; random 0–360° averages "
+        f"{n_train} train / {n_val} val / {n_test} test (stratified, fixed), trained on upright digits, "
+        'never flipped; "+ RA ±a°" rotates each training image by an angle uniform in [−a°, a°] '
+        f"(RA: the whole circle). rmnet.train.fit: SGD lr {args.lr} (×0.1 after epoch {base.lr_step}), "
+        f'momentum 0.9, weight decay 1e-4, batch {args.batch_size}, {args.epochs} epochs ("3× epochs": '
+        f"{3 * args.epochs}, ×0.1 after epoch {max(1, round(args.epochs * 2))}), weighted cross-entropy; "
+        f"the model after the last epoch. Accuracy (%) mean ± SD over {len(args.seeds)} training seeds; "
+        "random 0–360° averages "
         f"{len(args.test_seeds)} fixed draws of one angle per test image. Times are relative to the plain "
         f"CNN, medians of {args.timing_repeats} interleaved repetitions (inference: the test set in batches "
         f"of {args.batch_size}; train step: 5 × forward, backward, SGD update on {args.batch_size} images); "
+        "training cost = train step × epochs, over the plain CNN's; "
         "fit seconds: wall clock of rmnet.train.fit per run, "
         "validation included (the machine is shared: compare the interleaved ratios). "
         "Invariance error: mean |logits(rot90 x) − logits(x)| / mean |logits(x)| on the upright test set."
     )
-    write_atomic(args.out / "results.md", f"{caption}\n\n{markdown_table(text)}")
+    atomic_write_text(args.out / "results.md", f"{caption}\n\n{markdown_table(text)}")
     print((args.out / "results.md").read_text())
 
 
