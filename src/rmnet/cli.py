@@ -160,10 +160,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     elif args.resume and saved.is_file():
         config = TrainConfig.from_json(saved)  # `rmnet train --out RUN --resume` needs nothing else
     elif getattr(args, "recipe", None) == "paper":
-        arch = given.get("arch", TrainConfig.arch)
-        return TrainConfig.paper(
-            arch, task="retrieval" if given.get("hash_bits") else "classification", **given
-        )
+        task = "retrieval" if given.get("hash_bits") else "classification"
+        return TrainConfig.paper(given.pop("arch", TrainConfig.arch), task=task, **given)
     else:
         config = TrainConfig()
     return TrainConfig.from_dict(config.to_dict() | given)

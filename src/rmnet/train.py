@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from rmnet import __version__
 from rmnet.config import TrainConfig, build_model
-from rmnet.data import load_split, make_split, save_split
+from rmnet.data import SKIPPED_FILE, load_split, make_split, save_skipped, save_split
 from rmnet.inference import progress_bar
 from rmnet.metrics.classification import classification_report, predict_labels
 from rmnet.models import model_entry
@@ -508,7 +508,7 @@ def train(
     torch.manual_seed(config.seed)
     model = build_model(config, table.num_classes)  # a bad --arch/--rm fails here, before anything is written
     is_main = int(os.environ.get("RANK", 0)) == 0
-    if is_main and progress and config.pretrained is None and entry.preset and entry.preset.weights:
+    if is_main and config.pretrained is None and entry.preset and entry.preset.weights:
         print(
             f"note: {config.arch} starts from random weights; the paper starts from ImageNet "
             "(--pretrained imagenet, or --recipe paper)",
@@ -519,10 +519,14 @@ def train(
         config.to_json(out_dir / CONFIG_FILE)
         if not (resume and (out_dir / SPLIT_FILE).is_file()):
             save_split(split, out_dir / SPLIT_FILE)
+    train_set = split_dataset(config, table, split, "train", train=True)
+    val_set = split_dataset(config, table, split, "val", train=False)
+    if is_main and config.on_error == "skip":  # the images left out (each also named in a warning)
+        save_skipped(out_dir / SKIPPED_FILE, {"train": train_set.skipped, "val": val_set.skipped})
     return fit(
         config,
-        split_dataset(config, table, split, "train", train=True),
-        split_dataset(config, table, split, "val", train=False),
+        train_set,
+        val_set,
         out_dir,
         class_names=table.class_names,
         resume=resume,

@@ -1,12 +1,13 @@
 """The hashing objectives the paper compares in its Table 11 (DCH, DPN, CSQ, CRI), registered by name.
 
 The paper trains every method with the same network: backbone → hash layer (L = 16) → classifier.
-Each objective here therefore sees the raw codes and the logits (``model.forward_codes``), applies
-its own term to the codes, and adds ``ce_weight`` × the paper's weighted cross-entropy on the
-logits, so the classifier that gives the predicted diagnosis is trained too. ``ce_weight=0``
-trains DCH, DPN or CSQ alone, as published (the classifier is then left untrained). CRI is a
-term on top of the classification loss by construction. Defaults are those of each method's
-paper; docs/retrieval.md discusses them.
+Each objective here sees the raw codes and the logits (``model.forward_codes``) and applies its own
+term to the codes. DCH, DPN and CSQ default to the published form, with no classifier term
+(``ce_weight=0``): the RM paper does not say it added one. ``ce_weight=1`` adds the paper's
+weighted cross-entropy on the logits, so the classifier that gives the predicted diagnosis is
+trained too (with 0 it stays untrained: pick checkpoints by ``--val-metric loss``, or use last.pt).
+CRI is a term on top of the classification loss by construction. Other defaults are those of each
+method's paper; docs/retrieval.md discusses them.
 """
 
 from __future__ import annotations
@@ -122,7 +123,7 @@ class DeepCauchyHashing(HashingObjective):
         hash_bits: int | None = None,
         gamma: float = 20.0,
         quantization_weight: float = 0.1,
-        ce_weight: float = 1.0,
+        ce_weight: float = 0.0,
     ) -> None:
         super().__init__(num_classes, class_weights, hash_bits, ce_weight)
         self.gamma, self.quantization_weight = gamma, quantization_weight
@@ -148,9 +149,11 @@ class DeepPolarizedNetwork(HashingObjective):
     """Deep Polarized Network (Fan, Ng, Ju, Zhang, Chan, IJCAI 2020).
 
     Bit-wise polarisation hinge max(m − v_k · t_k, 0) between the raw codes v and the ±1 target
-    code t of the image's class, averaged over bits and images. Targets are random balanced codes
-    (the paper shows random assignment suffices), fixed by ``seed``. Margin m = 1, the value of the
-    public implementations (the paper studies m in its ablation).
+    code t of the image's class, summed over the K bits and averaged over images, as published and
+    in the reference code (so all-zero codes cost K·m). Targets are random balanced codes, fixed by
+    ``seed`` (the paper shows random assignment suffices; the reference code's default draws the
+    sign of Gaussian noise instead, which is not balanced). Margin m = 1, the value of the public
+    implementations (the paper studies m in its ablation).
     """
 
     name = "dpn"
@@ -161,7 +164,7 @@ class DeepPolarizedNetwork(HashingObjective):
         class_weights: torch.Tensor | None = None,
         hash_bits: int | None = None,
         margin: float = 1.0,
-        ce_weight: float = 1.0,
+        ce_weight: float = 0.0,
         seed: int = 0,
     ) -> None:
         super().__init__(num_classes, class_weights, hash_bits, ce_weight)
@@ -169,7 +172,7 @@ class DeepPolarizedNetwork(HashingObjective):
         self.register_buffer("target_codes", balanced_target_codes(num_classes, hash_bits, seed))
 
     def hashing_loss(self, codes: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return F.relu(self.margin - codes * self.target_codes[targets]).mean()
+        return F.relu(self.margin - codes * self.target_codes[targets]).sum(dim=1).mean()
 
 
 @register_objective("csq")
@@ -177,9 +180,11 @@ class CentralSimilarityQuantization(HashingObjective):
     """Central Similarity Quantization (Yuan, Wang, Zhang, Tay, Jie, Feng, CVPR 2020).
 
     Binary cross-entropy between (tanh(codes) + 1)/2 and the class's hash centre (c + 1)/2, plus
-    λ · the quantisation loss log cosh(|h| − 1). Centres come from a Hadamard matrix, or are
-    random when there are more than 2K classes (:func:`hash_centres`). λ = 1e-4, as in
-    DeepHash-pytorch's CSQ (the authors' code weighs a squared variant by 0.05).
+    λ · the quantisation loss log cosh(|h| − 1) of the CSQ paper. Centres come from a Hadamard
+    matrix, or are random when there are more than 2K classes (:func:`hash_centres`). λ = 1e-4,
+    the weight of DeepHash-pytorch's CSQ. Note that the reference implementations use the squared
+    form (|h| − 1)² instead of log cosh (DeepHash-pytorch with 1e-4, the authors' code with 0.05);
+    both vanish at |h| = 1 and agree to second order there.
     """
 
     name = "csq"
@@ -190,7 +195,7 @@ class CentralSimilarityQuantization(HashingObjective):
         class_weights: torch.Tensor | None = None,
         hash_bits: int | None = None,
         quantization_weight: float = 1e-4,
-        ce_weight: float = 1.0,
+        ce_weight: float = 0.0,
         seed: int = 0,
     ) -> None:
         super().__init__(num_classes, class_weights, hash_bits, ce_weight)

@@ -1,0 +1,59 @@
+"""The paper's recipe, exactly (issue 13): ImageNet initialisation, each architecture's input size,
+and a loud line when a preset backbone starts from random weights."""
+
+import pytest
+import torch
+
+from rmnet.cli import build_parser, config_from_args, main
+from rmnet.config import TrainConfig
+from rmnet.models import PRESETS, model_entry
+from rmnet.models.weights import IMAGENET, resolve_weights
+
+
+def test_the_papers_recipe_starts_from_imagenet_for_60_epochs_and_80_for_retrieval():
+    config = TrainConfig.paper("resnet18")
+    assert (config.pretrained, config.epochs, config.hash_bits) == (IMAGENET, 60, None)
+    retrieval = TrainConfig.paper("resnet18", task="retrieval")
+    assert (retrieval.pretrained, retrieval.epochs, retrieval.hash_bits) == (IMAGENET, 80, 16)
+    assert TrainConfig.paper("resnet18", epochs=3).epochs == 3  # explicit options override it
+    with pytest.raises(ValueError, match="task must be"):
+        TrainConfig.paper("resnet18", task="segmentation")
+
+
+def test_recipe_paper_on_the_command_line_and_explicit_options_override_it():
+    parse = build_parser().parse_args
+    config = config_from_args(parse(["train", "--recipe", "paper", "--arch", "inception_v3", "--out", "r"]))
+    assert (config.arch, config.pretrained, config.epochs, config.input_size()) == (
+        "inception_v3", IMAGENET, 60, 299,
+    )  # fmt: skip
+    hashing = config_from_args(parse(["train", "--recipe", "paper", "--hash-bits", "16", "--out", "r"]))
+    assert (hashing.epochs, hashing.hash_bits) == (80, 16)
+    override = config_from_args(parse(["train", "--recipe", "paper", "--epochs", "2", "--out", "r"]))
+    assert override.epochs == 2 and override.pretrained == IMAGENET
+    assert config_from_args(parse(["train", "--out", "r"])).pretrained is None  # without it: random
+
+
+@pytest.mark.parametrize(("arch", "size", "resize"), [("inception_v3", 299, 342), ("resnet18", 224, 256)])
+def test_the_image_size_defaults_to_the_architectures_own_input_size(arch, size, resize):
+    config = TrainConfig(arch=arch)
+    assert (config.input_size(), config.resize_short_edge()) == (size, resize)
+    assert TrainConfig(arch=arch, image_size=64).input_size() == 64
+    assert model_entry(arch).input_size == size
+
+
+def test_missing_imagenet_weights_name_the_file_and_where_to_put_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    weights = PRESETS["resnet18"].weights
+    with pytest.raises(FileNotFoundError) as error:
+        resolve_weights(IMAGENET, weights, "resnet18")
+    message = str(error.value)
+    assert weights.filename in message and str(tmp_path / "hub" / "checkpoints") in message
+    assert "never downloads" in message
+
+
+def test_a_preset_trained_from_random_weights_says_so_in_one_line(tmp_path, lesion_root, capsys):
+    argv = ["train", "--data", str(lesion_root), "--out", str(tmp_path / "run"), "--arch", "resnet18"]
+    argv += ["--image-size", "32", "--epochs", "1", "--batch-size", "8", "--workers", "0", "--quiet"]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert err.count("starts from random weights") == 1 and "--recipe paper" in err
