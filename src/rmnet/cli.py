@@ -12,13 +12,15 @@ the full stack. Heavy modules are imported inside the commands so that ``--help`
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
 import shlex
 import sys
 import typing
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from rmnet import __version__
@@ -65,19 +67,33 @@ def add_prepare_command(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--ground-truth", help="ISIC ground-truth CSV (default: found in DATA)")
     parser.add_argument("--metadata", help="ISIC metadata CSV with lesion_id (default: found in DATA)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel image workers")
+    parser.add_argument(
+        "--on-error",
+        choices=("raise", "skip"),
+        default="raise",
+        help="an unreadable image: raise (stop after caching the others, naming it) or skip (name it, "
+        "list it in OUT/skipped.json and leave it out; train with --on-error skip too)",
+    )
     parser.set_defaults(run=run_prepare)
 
 
 def run_prepare(args: argparse.Namespace) -> None:
-    from rmnet.data import load_image_table, prepare_cache
+    from rmnet.data import SKIPPED_FILE, load_image_table, prepare_cache
 
     table = load_image_table(args.data, ground_truth=args.ground_truth, metadata=args.metadata)
-    cached = prepare_cache(table, args.out, short_edge=args.resize, workers=args.workers)
-    print(f"{len(cached)} images in {len(cached.class_names)} classes cached in {args.out}")
+    options = dict(short_edge=args.resize, workers=args.workers, on_error=args.on_error)
+    cached = prepare_cache(table, args.out, **options)
+    skipped = len(cached.unreadable)
     print(
-        "next: "
-        + shlex.join(["rmnet", "train", "--data", args.data, "--cache", args.out, "--out", "runs/NAME"])
+        f"{len(cached) - skipped} images in {len(cached.class_names)} classes cached in {args.out}"
+        + (f"; {skipped} skipped, listed in {Path(args.out) / SKIPPED_FILE}" if skipped else "")
     )
+    command = ["rmnet", "train", "--data", args.data]
+    command += [arg for flag in ("ground_truth", "metadata") if getattr(args, flag)
+                for arg in ("--" + flag.replace("_", "-"), getattr(args, flag))]  # fmt: skip
+    command += ["--cache", args.out] + (["--resize", str(args.resize)] if args.resize != 256 else [])
+    command += ["--on-error", "skip"] if args.on_error == "skip" else []
+    print("next: " + shlex.join([*command, "--out", "runs/NAME"]))
 
 
 # rmnet train
@@ -370,7 +386,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0, 1 for bad input, 130 when interrupted)."""
     args = build_parser().parse_args(argv)
     try:
-        args.run(args)
+        with one_line_warnings():
+            args.run(args)
     except KeyboardInterrupt:
         print(
             "rmnet: interrupted (rmnet train --resume continues a run from its last epoch)", file=sys.stderr
@@ -382,6 +399,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"rmnet: error: {one_line(err)}", file=sys.stderr)
         return EXIT_USER_ERROR
     return 0
+
+
+@contextlib.contextmanager
+def one_line_warnings() -> Iterator[None]:
+    """Warnings as "rmnet: warning: MESSAGE" lines on stderr, not Python's "file:line: Category" + source."""
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        print(f"rmnet: warning: {one_line(message)}", file=file or sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        yield
 
 
 def one_line(err: BaseException) -> str:

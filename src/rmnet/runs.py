@@ -100,7 +100,7 @@ def load_table(config: TrainConfig) -> ImageTable:
     table = load_image_table(config.data, ground_truth=config.ground_truth, metadata=config.metadata)
     if config.cache is None:
         return table
-    return prepare_cache(table, config.cache, short_edge=config.resize_short_edge())
+    return prepare_cache(table, config.cache, short_edge=config.resize_short_edge(), on_error=config.on_error)
 
 
 def split_dataset(

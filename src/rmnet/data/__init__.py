@@ -11,10 +11,12 @@ from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
     "prepare_cache": "cache",
-    "read_skipped": "cache",
+    "read_skipped": "images",
+    "save_skipped": "images",
     "ImageDataset": "dataset",
     "TensorImageDataset": "dataset",
     "load_digits_tensors": "digits",
+    "SKIPPED_FILE": "images",
     "SkippedImage": "images",
     "UnreadableImageError": "images",
     "open_rgb": "images",
@@ -43,6 +45,7 @@ __all__ = [
     "ImageDataset",
     "ImageTable",
     "LESION_KINDS",
+    "SKIPPED_FILE",
     "SkippedImage",
     "Split",
     "TensorImageDataset",
@@ -60,14 +63,22 @@ __all__ = [
     "read_skipped",
     "render_lesion",
     "save_contact_sheet",
+    "save_skipped",
     "save_split",
 ]
 
 if TYPE_CHECKING:
-    from rmnet.data.cache import prepare_cache, read_skipped
+    from rmnet.data.cache import prepare_cache
     from rmnet.data.dataset import ImageDataset, TensorImageDataset
     from rmnet.data.digits import load_digits_tensors
-    from rmnet.data.images import SkippedImage, UnreadableImageError, open_rgb
+    from rmnet.data.images import (
+        SKIPPED_FILE,
+        SkippedImage,
+        UnreadableImageError,
+        open_rgb,
+        read_skipped,
+        save_skipped,
+    )
     from rmnet.data.isic import ISIC_CLASSES, load_isic2019
     from rmnet.data.lesions import LESION_KINDS, make_lesion_dataset, render_lesion
     from rmnet.data.preview import save_contact_sheet

@@ -7,7 +7,6 @@ and renamed when whole, so an interrupted run leaves finished files and removabl
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import os
 from collections import Counter
@@ -19,18 +18,21 @@ from tqdm.auto import tqdm
 
 from rmnet.data.files import claim_folder, remove_abandoned_temporaries, save_image_atomically
 from rmnet.data.images import (
+    SKIPPED_FILE,
     SkippedImage,
     UnreadableImageError,
     describe_problem,
     open_rgb,
+    read_skipped,
     resize_short_edge,
+    save_skipped,
     warn_skipped,
 )
 from rmnet.data.table import ImageTable
-from rmnet.io import atomic_write_text
+
+__all__ = ["CACHE_MANIFEST", "SKIPPED_FILE", "cache_image", "prepare_cache", "read_skipped"]
 
 CACHE_MANIFEST = "cache.json"
-SKIPPED_FILE = "skipped.json"
 JPEG_QUALITY = 95
 
 
@@ -47,7 +49,7 @@ def prepare_cache(
     metadata, so a split of one is a split of the other). Files already in the cache are kept.
     An image that cannot be read raises an error listing it after all others are done. With
     ``on_error="skip"`` it is named in one ``SkippedImageWarning`` each, listed in
-    ``out_dir/skipped.json`` (see :func:`read_skipped`), keeps its original path and is recorded
+    ``out_dir/skipped.json`` (``read_skipped(out_dir)``), keeps its original path and is recorded
     in the returned table's ``unreadable``, so ``ImageDataset(on_error="skip")`` leaves it out.
     """
     if on_error not in ("raise", "skip"):
@@ -84,9 +86,7 @@ def prepare_cache(
             f"could not cache {len(failed)} of {len(table)} images: {listed}{more}. The others are cached; "
             "replace these files and run again, or pass --on-error skip to leave them out"
         )
-    # What this run left out: every image without a cached file (none when all are cached).
-    record = {"skipped": [f.to_dict() for f in failed]}
-    atomic_write_text(out_dir / SKIPPED_FILE, json.dumps(record, indent=1) + "\n")
+    save_skipped(out_dir / SKIPPED_FILE, failed)  # every image without a cached file (often none)
     warn_skipped(failed)
     left_out = {f.id for f in failed}
     paths = [
@@ -94,16 +94,6 @@ def prepare_cache(
     ]
     unreadable = table.unreadable | {f.id: f.reason for f in failed}
     return replace(table, paths=paths, unreadable=unreadable)
-
-
-def read_skipped(cache_dir: str | os.PathLike) -> list[SkippedImage]:
-    """The images the last ``prepare_cache`` of ``cache_dir`` left out (from its skipped.json)."""
-    path = Path(cache_dir) / SKIPPED_FILE
-    if not path.is_file():
-        return []
-    return [
-        SkippedImage(s["id"], Path(s["path"]), s["reason"]) for s in json.loads(path.read_text())["skipped"]
-    ]
 
 
 def _pool_context() -> multiprocessing.context.BaseContext:

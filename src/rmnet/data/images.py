@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import NamedTuple
 
 from PIL import Image, ImageOps
 
+SKIPPED_FILE = "skipped.json"  # in a cache folder and in a run folder: the images left out
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 
 
@@ -41,6 +43,29 @@ def warn_skipped(skipped: Iterable[SkippedImage]) -> None:
     """One :class:`SkippedImageWarning` per skipped image, naming it."""
     for image in skipped:
         warnings.warn(image.line(), SkippedImageWarning, stacklevel=2)
+
+
+def save_skipped(
+    path: str | os.PathLike, skipped: Iterable[SkippedImage] | Mapping[str, Iterable[SkippedImage]]
+) -> Path:
+    """Write ``{"skipped": [{"id", "path", "reason"}, …]}`` atomically; given a mapping from part
+    names ("train", "val") to skipped images, each entry also names its ``part``."""
+    from rmnet.io import atomic_write_text
+
+    if isinstance(skipped, Mapping):
+        rows = [image.to_dict() | {"part": part} for part, images in skipped.items() for image in images]
+    else:
+        rows = [image.to_dict() for image in skipped]
+    return atomic_write_text(path, json.dumps({"skipped": rows}, indent=1) + "\n")
+
+
+def read_skipped(folder: str | os.PathLike) -> list[SkippedImage]:
+    """The images listed in ``folder/skipped.json`` (a cache or a run folder); none without one."""
+    path = Path(folder) / SKIPPED_FILE
+    if not path.is_file():
+        return []
+    rows = json.loads(path.read_text())["skipped"]
+    return [SkippedImage(row["id"], Path(row["path"]), row["reason"]) for row in rows]
 
 
 def is_image_file(path: str | os.PathLike) -> bool:
