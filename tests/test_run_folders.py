@@ -42,9 +42,9 @@ def test_a_run_stores_absolute_data_paths_and_evaluates_from_any_folder(trained,
 
 
 def test_evaluate_data_points_a_run_at_moved_data_and_is_checked_against_the_split(trained, tmp_path, capsys):
-    trained = shutil.copytree(trained, tmp_path / "run")
     moved = tmp_path / "moved"
     shutil.copytree(trained.parent.parent / "lesions", moved)
+    trained = shutil.copytree(trained, tmp_path / "run")
     run = Run(trained, data=moved)
     assert run.config.data == str(moved.resolve()) and len(run.dataset("test")) > 0
     argv = ["evaluate", str(trained), "--data", str(moved), "--sweep-step", "180", "--no-tsne", "--quiet"]
@@ -58,10 +58,10 @@ def test_evaluate_data_points_a_run_at_moved_data_and_is_checked_against_the_spl
 
 
 def test_a_refused_resume_writes_nothing_and_the_plain_resume_still_works(trained, tmp_path, capsys):
-    trained = shutil.copytree(trained, tmp_path / "run")
-    before = snapshot(trained)
     other = tmp_path / "other"
     shutil.copytree(trained.parent.parent / "lesions", other)
+    trained = shutil.copytree(trained, tmp_path / "run")
+    before = snapshot(trained)
     assert main(["train", "--out", str(trained), "--resume", "--lr", "0.5"]) == 1
     assert "different config" in capsys.readouterr().err
     assert main(["train", "--out", str(trained), "--resume", "--epochs", "0"]) == 1
