@@ -81,3 +81,39 @@ def test_contact_sheet_shows_every_class(lesion_root, tmp_path):
     path = save_contact_sheet(load_image_table(lesion_root), tmp_path / "sheet.png", per_class=3)
     with Image.open(path) as sheet:
         assert sheet.height > sheet.width / 3 * 2  # four rows of three
+
+
+def _dark_side_directions(orientation_range, count=12, size=48):
+    """(dx, dy) of the darker half of two-tone lesions: where their dark side points."""
+    rng = np.random.default_rng(1)
+    directions = []
+    for _ in range(count):
+        image = render_lesion("two_tone", size, rng, orientation_range).astype(float).mean(axis=2)
+        darkness = np.clip(np.median(image) - image, 0, None)
+        ys, xs = np.nonzero(darkness > 20)
+        weights = darkness[ys, xs]
+        directions.append(
+            (np.average(xs, weights=weights) - xs.mean(), np.average(ys, weights=weights) - ys.mean())
+        )
+    return np.array(directions)
+
+
+def test_an_upright_bias_points_every_lesion_the_same_way():
+    upright = _dark_side_directions(orientation_range=0)
+    assert (upright[:, 0] > 0).all()  # the darker side is on the right in every image
+    assert np.abs(upright[:, 1]).mean() < np.abs(upright[:, 0]).mean()
+    anywhere = _dark_side_directions(orientation_range=360)
+    assert (anywhere[:, 0] < 0).any()
+
+
+def test_the_default_orientation_range_keeps_the_images_and_the_folder_recipe(tmp_path):
+    a = render_lesion("network", 16, np.random.default_rng(4))
+    assert np.array_equal(a, render_lesion("network", 16, np.random.default_rng(4), 360.0))
+    root = make_lesion_dataset(tmp_path / "l", n_per_class=1, size=16, num_classes=1)
+    assert "orientation_range" not in (root / "lesions.json").read_text()
+    biased = make_lesion_dataset(tmp_path / "b", n_per_class=1, size=16, num_classes=1, orientation_range=30)
+    assert '"orientation_range": 30' in (biased / "lesions.json").read_text()
+    with pytest.raises(ValueError, match="use another folder"):
+        make_lesion_dataset(tmp_path / "l", n_per_class=1, size=16, num_classes=1, orientation_range=30)
+    with pytest.raises(ValueError, match="orientation_range"):
+        make_lesion_dataset(tmp_path / "c", n_per_class=1, size=16, num_classes=1, orientation_range=400)

@@ -3,8 +3,10 @@
 Every image shows a pigmented lesion on noisy skin. The classes borrow dermoscopic structures:
 a regular round blob, an irregular lobed border, dark globules, radial streaks, a pigment
 network, and a two-tone asymmetric blotch. Each lesion is drawn at a uniformly random
-orientation, with jittered scale, position, skin tone and pigment darkness (drawn from the same
-ranges in every class, so mean colour alone says little), hairs and a dermatoscope vignette.
+orientation (or, with ``orientation_range`` below 360°, near upright: a data set with an upright
+bias, to train on and then test at random orientations), with jittered scale, position, skin
+tone and pigment darkness (drawn from the same ranges in every class, so mean colour alone says
+little), hairs and a dermatoscope vignette.
 Learnable by a small CNN in minutes; a rotation never changes the class.
 """
 
@@ -38,13 +40,21 @@ class _Lesion:
     body: np.ndarray  # how much of each pixel the lesion covers, 0..1
 
 
-def render_lesion(kind: str, size: int, rng: np.random.Generator) -> np.ndarray:
-    """One image of class ``kind`` as uint8 (size, size, 3)."""
+def render_lesion(
+    kind: str, size: int, rng: np.random.Generator, orientation_range: float = 360.0
+) -> np.ndarray:
+    """One image of class ``kind`` as uint8 (size, size, 3).
+
+    The lesion's orientation is uniform over 360° (the default), or uniform within
+    ±``orientation_range``/2 degrees of upright: the lesion's long axis, its darker side (two-tone)
+    and its pigment network then point about the same way in every image.
+    """
     if kind not in LESION_KINDS:
         raise ValueError(f"unknown lesion kind {kind!r}; choose one of {', '.join(LESION_KINDS)}")
+    _check_orientation_range(orientation_range)
     n = size * _SUPERSAMPLE
     y, x = np.mgrid[-1 : 1 : n * 1j, -1 : 1 : n * 1j]
-    lesion = _place_lesion(x, y, rng, lobed=kind == "lobed")
+    lesion = _place_lesion(x, y, rng, lobed=kind == "lobed", orientation_range=orientation_range)
     # Pigment darkness 0..1 from the same range in every class; structures are darker by 0.4.
     darkness = rng.uniform(0.1, 0.55) + 0.15 * (1 - lesion.r).clip(0, 1) + 0.06 * _smooth_noise(rng, n, 5)
     darkness, alpha = _STRUCTURES[kind](lesion, darkness, rng)
@@ -59,10 +69,15 @@ def render_lesion(kind: str, size: int, rng: np.random.Generator) -> np.ndarray:
     return np.asarray(pixels.resize((size, size), Image.Resampling.LANCZOS))
 
 
-def _place_lesion(x: np.ndarray, y: np.ndarray, rng: np.random.Generator, lobed: bool) -> _Lesion:
+def _place_lesion(
+    x: np.ndarray, y: np.ndarray, rng: np.random.Generator, lobed: bool, orientation_range: float = 360.0
+) -> _Lesion:
     """Random centre, orientation, size and mild elongation; a smooth or (``lobed``) lobed border."""
     cx, cy = rng.uniform(-0.12, 0.12, 2)
-    angle = rng.uniform(0, 2 * np.pi)
+    if orientation_range >= 360:
+        angle = rng.uniform(0, 2 * np.pi)
+    else:  # one draw either way, so the other properties of image i do not change
+        angle = np.deg2rad(rng.uniform(-orientation_range / 2, orientation_range / 2))
     radius = rng.uniform(0.38, 0.55)
     u = np.cos(angle) * (x - cx) + np.sin(angle) * (y - cy)
     v = (-np.sin(angle) * (x - cx) + np.cos(angle) * (y - cy)) / rng.uniform(0.8, 1.0)
@@ -144,8 +159,12 @@ def make_lesion_dataset(
     size: int = 64,
     seed: int = 0,
     num_classes: int = len(LESION_KINDS),
+    orientation_range: float = 360.0,
 ) -> Path:
     """Write ``out_dir/<kind>/<kind>_<i>.png`` for the first ``num_classes`` kinds; returns ``out_dir``.
+
+    ``orientation_range`` below 360 draws every lesion within ±orientation_range/2 degrees of
+    upright (an upright bias, e.g. 30); 0 draws them all upright.
 
     Each image depends only on (seed, class, i), so a second call, or one resuming an interrupted
     run, writes only what is missing; each file appears whole (written, then renamed).
@@ -153,16 +172,24 @@ def make_lesion_dataset(
     if not 1 <= num_classes <= len(LESION_KINDS):
         raise ValueError(f"num_classes must be between 1 and {len(LESION_KINDS)}, got {num_classes}")
     out_dir = Path(out_dir)
+    _check_orientation_range(orientation_range)
     recipe = {"generator": "rmnet lesions v1", "n_per_class": n_per_class, "size": size, "seed": seed,
               "classes": list(LESION_KINDS[:num_classes])}  # fmt: skip
+    if orientation_range < 360:  # absent for the default, so folders made before still match
+        recipe["orientation_range"] = orientation_range
     claim_folder(out_dir, "lesions.json", recipe)
     jobs = [(c, kind, i) for c, kind in enumerate(recipe["classes"]) for i in range(n_per_class)]
     for c, kind, i in tqdm(jobs, desc="lesion images", leave=False):
         path = out_dir / kind / f"{kind}_{i:04d}.png"
         if not path.exists():
-            pixels = render_lesion(kind, size, np.random.default_rng([seed, c, i]))
+            pixels = render_lesion(kind, size, np.random.default_rng([seed, c, i]), orientation_range)
             save_image_atomically(Image.fromarray(pixels), path, format="PNG")
     return out_dir
+
+
+def _check_orientation_range(degrees: float) -> None:
+    if not 0 <= degrees <= 360:
+        raise ValueError(f"orientation_range must be between 0 and 360 degrees, got {degrees}")
 
 
 def _smooth_noise(rng: np.random.Generator, n: int, cells: int) -> np.ndarray:
