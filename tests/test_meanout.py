@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock
 
-from rmnet import RotationMeanout, embed_rotation_meanout
+from rmnet import RotationMeanout, insert_rotation_meanout
 from rmnet.groups import make_group
 
 
@@ -192,12 +192,12 @@ def test_unknown_fusion_is_rejected():
         RotationMeanout(nn.Identity(), fusion="sum")
 
 
-def test_embed_rotation_meanout_wraps_modules_of_any_cnn_by_path():
+def test_insert_rotation_meanout_wraps_modules_of_any_cnn_by_path():
     model = nn.Sequential(conv_bn_block(), nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU()))
-    embed_rotation_meanout(model, ["1"], k=4)
+    insert_rotation_meanout(model, ["1"], k=4)
     assert isinstance(model[1], RotationMeanout)
     with pytest.raises(ValueError, match="no module 'nope'"):
-        embed_rotation_meanout(model, ["nope"])
+        insert_rotation_meanout(model, ["nope"])
 
 
 def test_group_elements_match_k_and_the_dihedral_option():
@@ -297,3 +297,12 @@ def test_k6_works_with_either_padding_and_unknown_padding_is_rejected():
 def test_c8_on_a_non_square_map_names_the_shape():
     with pytest.raises(ValueError, match=r"square feature maps.*\(1, 2, 6, 8\)"):
         RotationMeanout(nn.Identity(), k=8)(torch.zeros(1, 2, 6, 8))
+
+
+def test_the_old_name_embed_rotation_meanout_still_works_and_warns():
+    from rmnet import embed_rotation_meanout
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1))
+    with pytest.warns(DeprecationWarning, match="insert_rotation_meanout"):
+        embed_rotation_meanout(model, ["1"], k=4)
+    assert isinstance(model[1], RotationMeanout)

@@ -17,6 +17,7 @@ _EXPORTS = {
     "RotationGroup": "rmnet.groups",
     "make_group": "rmnet.groups",
     "RotationMeanout": "rmnet.meanout",
+    "insert_rotation_meanout": "rmnet.meanout",
     "embed_rotation_meanout": "rmnet.meanout",
     "rotation_meanout": "rmnet.meanout",
     "ImageClassifier": "rmnet.models",
@@ -35,6 +36,7 @@ __all__ = [
     "TrainConfig",
     "create_model",
     "embed_rotation_meanout",
+    "insert_rotation_meanout",
     "list_models",
     "make_group",
     "register_model",
@@ -44,7 +46,12 @@ __all__ = [
 if TYPE_CHECKING:
     from rmnet.config import TrainConfig
     from rmnet.groups import CyclicGroup, DihedralGroup, RotationGroup, make_group
-    from rmnet.meanout import RotationMeanout, embed_rotation_meanout, rotation_meanout
+    from rmnet.meanout import (
+        RotationMeanout,
+        embed_rotation_meanout,
+        insert_rotation_meanout,
+        rotation_meanout,
+    )
     from rmnet.models import ImageClassifier, create_model, list_models, register_model
 
 

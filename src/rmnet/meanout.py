@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Literal
 
@@ -23,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rmnet.groups import CyclicGroup, make_group
+from rmnet.groups import RotationGroup, make_group
 
 Fusion = Literal["mean", "max", "embedding"]
 FUSIONS: tuple[str, ...] = ("mean", "max", "embedding")
@@ -45,8 +46,9 @@ class MaxFusion(nn.Module):
         return stacked.amax(dim=0)
 
 
-class EmbeddingFusion(nn.Module):
-    """A 1×1 convolution from the n·C concatenated channels back to C (adds parameters).
+class ConvFusion(nn.Module):
+    """The paper's "embedding" fusion: a 1×1 convolution from the n·C concatenated channels back to C
+    (adds parameters).
 
     It starts as an exact mean, so wrapping a pretrained block does not disturb it; training
     may then break the rotation equivariance, as the paper notes.
@@ -73,14 +75,14 @@ def make_fusion(fusion: str, channels: int | None, copies: int) -> nn.Module:
     if fusion == "embedding":
         if channels is None:
             raise ValueError("fusion='embedding' needs the block's output channel count: channels=C")
-        return EmbeddingFusion(channels, copies)
+        return ConvFusion(channels, copies)
     raise ValueError(f"unknown fusion {fusion!r}; choose one of {', '.join(FUSIONS)}")
 
 
 def rotation_meanout(
     x: torch.Tensor,
     branches: Sequence[Callable[[torch.Tensor], torch.Tensor]],
-    group: CyclicGroup,
+    group: RotationGroup,
     fusion: Callable[[torch.Tensor], torch.Tensor],
     rotate: bool = True,
     padding: Padding = "none",
@@ -129,7 +131,7 @@ def rotation_meanout(
 
 
 def coverage(
-    group: CyclicGroup, size: Sequence[int], dtype: torch.dtype = torch.float32, device=None
+    group: RotationGroup, size: Sequence[int], dtype: torch.dtype = torch.float32, device=None
 ) -> torch.Tensor:
     """(n, 1, 1, H, W): how much of each pixel copy i keeps through its rotation and back.
 
@@ -246,7 +248,7 @@ class RotationMeanout(nn.Module):
         )
 
 
-def embed_rotation_meanout(model: nn.Module, paths: Sequence[str], **rm_kwargs) -> nn.Module:
+def insert_rotation_meanout(model: nn.Module, paths: Sequence[str], **rm_kwargs) -> nn.Module:
     """Wrap each module at ``paths`` of any CNN (torchvision, timm, your own) in its own RM, in place.
 
     Load pretrained weights before wrapping: the wrapped modules' state_dict keys gain ``.block``.
@@ -259,3 +261,16 @@ def embed_rotation_meanout(model: nn.Module, paths: Sequence[str], **rm_kwargs) 
             raise ValueError(f"model has no module {path!r} (top-level modules: {children})") from err
         model.set_submodule(path, RotationMeanout(block, **rm_kwargs))
     return model
+
+
+def embed_rotation_meanout(model: nn.Module, paths: Sequence[str], **rm_kwargs) -> nn.Module:
+    """Deprecated name of :func:`insert_rotation_meanout` ("embed" now means computing a code)."""
+    warnings.warn(
+        "embed_rotation_meanout is renamed insert_rotation_meanout; the old name goes in rmnet 0.3",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return insert_rotation_meanout(model, paths, **rm_kwargs)
+
+
+EmbeddingFusion = ConvFusion  # deprecated name, kept for one release

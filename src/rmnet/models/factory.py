@@ -177,7 +177,7 @@ def _torchvision_builder(name: str) -> Builder:
         if hash_bits is not None:
             raise ValueError(f"hash_bits needs a registered model (e.g. resnet18), not torchvision's {name}")
 
-        from rmnet.meanout import embed_rotation_meanout
+        from rmnet.meanout import insert_rotation_meanout
         from rmnet.models.pretrained import load_pretrained
         from rmnet.models.weights import Weights, resolve_weights
 
@@ -190,7 +190,7 @@ def _torchvision_builder(name: str) -> Builder:
         if isinstance(rm, str):
             raise ValueError(f"{name} has no block numbering: give RM positions as module paths")
         rm_options = dict(k=k, fusion=fusion, dihedral=dihedral, rotate=rotate, share_weights=share_weights)
-        return TorchvisionClassifier(embed_rotation_meanout(model, rm or [], **rm_options), num_classes)
+        return TorchvisionClassifier(insert_rotation_meanout(model, rm or [], **rm_options), num_classes)
 
     build.__doc__ = f"torchvision's {name}, with RM by module path."
     return build
