@@ -1,0 +1,463 @@
+"""The FastAPI application: the HTTP contract of the CAD service, and ``serve`` (uvicorn).
+
+    GET  /healthz                      status, model, index, limits
+    POST /api/predict                  diagnosis probabilities + rotation consistency   (form: image)
+    POST /api/search?k=10              the k most similar indexed cases                 (form: image)
+    POST /api/explain[?class=NAME]     Grad-CAM heat map over the image, PNG            (form: image)
+    GET  /api/cases/{id}/image[?size=] a case's image, or a thumbnail
+    POST /api/cases                    add a diagnosed case (Authorization: Bearer KEY; form: image,
+                                       label, optional id) → 201
+    GET  /                             the page;  /docs  the OpenAPI page
+
+Every refusal is a 4xx with ``{"detail": "what was wrong"}``. Uploads stay in memory; only
+``POST /api/cases`` writes the image, into the cases folder, before indexing it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import importlib.resources
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from rmnet.retrieval.index import IndexBusyError
+from rmnet.service.cases import CaseStore
+from rmnet.service.config import API_KEY_ENV, THUMBNAIL_SIZES, ServiceConfig
+from rmnet.service.engine import QUARTER_TURNS, EngineBusyError, EngineClosedError, InferenceEngine
+from rmnet.service.uploads import RequestError, check_case_id, decode_image, read_form
+
+log = logging.getLogger("rmnet.service")
+
+PAGE_SECURITY = {
+    # The page is one file: its own inline script and style, images from this server (and the
+    # blob: URLs it makes from uploads), nothing from anywhere else.
+    "Content-Security-Policy": "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+    "img-src 'self' blob: data:; connect-src 'self'; base-uri 'none'; form-action 'none'; "
+    "frame-ancestors 'none'",
+}
+IMAGE_FORM = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["image"],
+                    "properties": {"image": {"type": "string", "format": "binary"}},
+                }
+            }
+        },
+    }
+}
+CASE_FORM = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["image", "label"],
+                    "properties": {
+                        "image": {"type": "string", "format": "binary", "description": "the image"},
+                        "label": {"type": "string", "description": "its confirmed diagnosis (a class name)"},
+                        "id": {"type": "string", "description": "case id (default: from the image's hash)"},
+                    },
+                }
+            }
+        },
+    }
+}
+ERROR_RESPONSES = {
+    code: {"description": text, "content": {"application/json": {"example": {"detail": "what was wrong"}}}}
+    for code, text in (
+        (413, "upload over the size limit"),
+        (415, "not multipart/form-data, or not an image"),
+        (422, "missing or unknown field, unreadable image, too many pixels, parameter out of range"),
+    )
+}
+
+
+@dataclass
+class Service:
+    """What the application serves: the engine, the index and the settings, loaded once."""
+
+    config: ServiceConfig
+    engine: InferenceEngine
+    store: CaseStore
+    api_key: str | None
+    started: float = field(default_factory=time.time)
+
+    def close(self) -> None:
+        self.engine.close()
+        self.store.close()
+
+
+def build_service(config: ServiceConfig) -> Service:
+    """Open the index, load the model of the run that built it, and check that they belong together."""
+    import torch
+
+    if config.torch_threads:
+        torch.set_num_threads(config.torch_threads)
+    store = CaseStore(config.index, config.resolved_cases_dir)
+    try:
+        run_dir = resolve_run(config.run, store.info.model.run)
+        engine = InferenceEngine.from_run(
+            run_dir,
+            checkpoint=config.checkpoint,
+            device=config.device,
+            max_batch=config.max_batch,
+            batch_wait_ms=config.batch_wait_ms,
+            max_queue=config.max_queue,
+        )
+    except BaseException:
+        store.close()
+        raise
+    try:
+        if list(engine.info.class_names) != list(store.info.class_names):
+            raise ValueError(
+                f"run {run_dir} classifies {', '.join(engine.info.class_names)}, but index {config.index} "
+                f"holds {', '.join(store.info.class_names)}: serve the index with the run that built it"
+            )
+        store.attach_model(engine.info.fingerprint, engine.info.code_length)
+    except BaseException:
+        engine.close()
+        store.close()
+        raise
+    return Service(config, engine, store, config.resolved_api_key)
+
+
+def resolve_run(run: Path, index_run: str | None) -> Path:
+    """``run`` itself when it is a run folder; when it is a folder of runs (like ``runs/demo``), the
+    run inside it that built the index (the index's manifest names it)."""
+    run = Path(run)
+    if (run / "config.json").is_file():
+        return run
+    if not run.is_dir():
+        raise FileNotFoundError(f"run folder not found: {run}")
+    if index_run:
+        built_by = Path(index_run)
+        if (built_by / "config.json").is_file() and run.resolve() in built_by.resolve().parents:
+            return built_by
+    inside = sorted(p.parent.name for p in run.glob("*/config.json"))
+    hint = f"; the runs inside it: {', '.join(inside)}" if inside else ""
+    raise ValueError(
+        f"{run} is not a run folder (no config.json) and does not contain the run that built the index "
+        f"({index_run or 'not recorded'}){hint}"
+    )
+
+
+def create_app(service: Service) -> FastAPI:
+    """The FastAPI application over a loaded :class:`Service` (the caller closes the service)."""
+    config, engine, store = service.config, service.engine, service.store
+    classes = list(engine.info.class_names)
+    page = importlib.resources.files("rmnet.service").joinpath("static/index.html").read_text("utf-8")
+    app = FastAPI(
+        title="rmnet CAD service",
+        version="1",
+        description="Diagnosis, Grad-CAM heat map and the most similar confirmed cases of a dermoscopy "
+        "image. For research: not a medical device.",
+    )
+    app.state.service = service
+
+    # -- errors: always JSON, always a sentence --------------------------------------------------
+
+    @app.exception_handler(RequestError)
+    async def request_error(_: Request, err: RequestError) -> JSONResponse:
+        return JSONResponse({"detail": err.detail}, status_code=err.status, headers=err.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, err: RequestValidationError) -> JSONResponse:
+        problems = []
+        for error in err.errors():
+            location = [str(part) for part in error.get("loc", ()) if part not in ("query", "path", "body")]
+            message = error.get("msg", "invalid")
+            problems.append(f"{'.'.join(location)}: {message}" if location else message)
+        return JSONResponse({"detail": "; ".join(problems) or "invalid request"}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, err: StarletteHTTPException) -> JSONResponse:
+        detail = err.detail if isinstance(err.detail, str) else str(err.detail)
+        return JSONResponse({"detail": detail}, status_code=err.status_code, headers=err.headers)
+
+    @app.exception_handler(EngineBusyError)
+    async def busy(_: Request, err: EngineBusyError) -> JSONResponse:
+        return JSONResponse({"detail": str(err)}, status_code=503, headers={"Retry-After": "1"})
+
+    @app.exception_handler(EngineClosedError)
+    async def closed(_: Request, err: EngineClosedError) -> JSONResponse:
+        return JSONResponse({"detail": str(err)}, status_code=503)
+
+    @app.exception_handler(IndexBusyError)
+    async def index_busy(_: Request, err: IndexBusyError) -> JSONResponse:
+        return JSONResponse({"detail": f"the case was not added: {err}"}, status_code=409)
+
+    @app.exception_handler(Exception)
+    async def internal(_: Request, err: Exception) -> JSONResponse:
+        log.exception("internal error")
+        return JSONResponse({"detail": f"internal error ({type(err).__name__}); see the service log"}, 500)
+
+    @app.middleware("http")
+    async def security_headers(request: Request, call_next):
+        response = await call_next(request)
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("Referrer-Policy", "no-referrer")
+        return response
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    async def upload(request: Request, allowed=("image",), required=("image",)):
+        return await read_form(request, max_bytes=config.max_upload_bytes, allowed=allowed, required=required)
+
+    async def decoded_input(data: bytes):
+        def work():
+            decoded = decode_image(data, max_pixels=config.max_pixels)
+            return decoded, engine.prepare(decoded.image)
+
+        return await run_in_threadpool(work)
+
+    async def infer(data: bytes, *, turns: bool):
+        with engine.arriving() as arrival:
+            decoded, x = await decoded_input(data)
+            inference = await asyncio.wrap_future(engine.infer(x, turns=turns, arrival=arrival))
+        return decoded, inference
+
+    def class_list(probabilities) -> list[dict[str, Any]]:
+        pairs = zip(classes, probabilities, strict=True)
+        return [{"name": name, "probability": float(p)} for name, p in pairs]
+
+    def image_url(case_id: str) -> str:
+        return f"/api/cases/{quote(case_id, safe='')}/image"
+
+    # -- routes -------------------------------------------------------------------------------
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index_page() -> HTMLResponse:
+        return HTMLResponse(page, headers=PAGE_SECURITY)
+
+    @app.get("/healthz", summary="service status, model and index")
+    async def healthz() -> dict[str, Any]:
+        return {
+            "status": "ok",
+            "model": engine.info.to_dict(),
+            "index": store.info.to_dict(),
+            "writes": "enabled" if service.api_key else f"disabled (set {API_KEY_ENV})",
+            "limits": {
+                "max_upload_mb": config.max_upload_mb,
+                "max_pixels": config.max_pixels,
+                "max_k": config.max_k,
+                "thumbnail_sizes": list(THUMBNAIL_SIZES),
+            },
+            "engine": {
+                "device": str(engine.device),
+                "max_batch_images": engine.max_batch,
+                "batch_wait_ms": engine.batch_wait * 1000,
+                "gradcam_layer": engine.cam_layer_name or None,
+                **engine.stats.to_dict(),
+            },
+            "uptime_s": round(time.time() - service.started, 1),
+        }
+
+    @app.post(
+        "/api/predict", summary="diagnosis of an image", openapi_extra=IMAGE_FORM, responses=ERROR_RESPONSES
+    )
+    async def predict(request: Request) -> dict[str, Any]:
+        parts = await upload(request)
+        decoded, inference = await infer(parts["image"].data, turns=True)
+        probabilities = inference.probabilities
+        best = int(probabilities.argmax())
+        turns = []
+        for angle, p in zip(QUARTER_TURNS, inference.turns, strict=True):
+            label = int(p.argmax())
+            turns.append({"angle": angle, "prediction": classes[label], "probability": float(p[label])})
+        spread = float((inference.turns.max(0) - inference.turns.min(0)).max())
+        return {
+            "prediction": classes[best],
+            "probability": float(probabilities[best]),
+            "classes": class_list(probabilities),
+            "rotation_consistency": {
+                "consistent": len({t["prediction"] for t in turns}) == 1,
+                "turns": turns,
+                "max_probability_change": spread,
+                "note": "the image turned by 0°, 90°, 180° and 270° (counterclockwise) on the network input",
+            },
+            "image": {"width": decoded.width, "height": decoded.height, "format": decoded.format},
+            "model": _model_summary(engine),
+        }
+
+    @app.post(
+        "/api/search",
+        summary="the most similar indexed cases",
+        openapi_extra=IMAGE_FORM,
+        responses=ERROR_RESPONSES,
+    )
+    async def search(
+        request: Request,
+        k: int = Query(10, ge=1, le=config.max_k, description=f"how many cases (1-{config.max_k})"),
+    ) -> dict[str, Any]:
+        parts = await upload(request)
+        _, inference = await infer(parts["image"].data, turns=False)
+        hits = await run_in_threadpool(store.search, inference.code, k)
+        best = int(inference.probabilities.argmax())
+        return {
+            "results": [
+                {
+                    "rank": hit.rank,
+                    "id": hit.image_id,
+                    "label": hit.class_name,
+                    "distance": float(hit.distance),
+                    "image_url": image_url(hit.image_id),
+                }
+                for hit in hits
+            ],
+            "k": k,
+            "metric": store.info.metric,
+            "prediction": classes[best],
+            "probability": float(inference.probabilities[best]),
+        }
+
+    @app.post(
+        "/api/explain",
+        summary="Grad-CAM heat map over the image (PNG)",
+        openapi_extra=IMAGE_FORM,
+        responses={200: {"content": {"image/png": {}}}, **ERROR_RESPONSES},
+    )
+    async def explain(
+        request: Request,
+        target: str | None = Query(None, alias="class", description="class to explain (default: predicted)"),
+    ) -> Response:
+        if target is not None and target not in classes:
+            raise RequestError(422, f"unknown class {target[:80]!r}; the classes are {', '.join(classes)}")
+        if engine.cam_layer is None:
+            raise RequestError(409, "this model has no spatial feature map: Grad-CAM is not available")
+        parts = await upload(request)
+        decoded, x = await decoded_input(parts["image"].data)
+        index = None if target is None else classes.index(target)
+        explanation = await asyncio.wrap_future(engine.explain(x, index))
+        from rmnet.service.engine import heatmap_overlay
+
+        png = await run_in_threadpool(
+            heatmap_overlay,
+            decoded.image,
+            explanation.heatmap,
+            resize=engine.info.resize,
+            image_size=engine.info.image_size,
+        )
+        name = classes[explanation.target]
+        headers = {
+            "X-Explained-Class": quote(name),
+            "X-Explained-Probability": f"{explanation.probabilities[explanation.target]:.6f}",
+            "Cache-Control": "no-store",
+        }
+        return Response(png, media_type="image/png", headers=headers)
+
+    @app.get(
+        "/api/cases/{case_id:path}/image",
+        summary="a case's image or thumbnail",
+        responses={200: {"content": {"image/jpeg": {}, "image/png": {}}}},
+    )
+    async def case_image(
+        case_id: str,
+        size: int | None = Query(
+            None, ge=THUMBNAIL_SIZES[0], le=THUMBNAIL_SIZES[1], description="thumbnail: longest side in px"
+        ),
+    ) -> Response:
+        data, media_type = await run_in_threadpool(store.image, case_id, size)
+        return Response(data, media_type=media_type, headers={"Cache-Control": "private, max-age=3600"})
+
+    add_responses = {
+        401: {"description": "no key sent"},
+        403: {"description": "wrong key, or writes disabled"},
+        409: {"description": "already indexed"},
+        **ERROR_RESPONSES,
+    }
+
+    @app.post(
+        "/api/cases",
+        status_code=201,
+        summary="add a confirmed case (needs the API key)",
+        openapi_extra=CASE_FORM,
+        responses=add_responses,
+    )
+    async def add_case(request: Request) -> JSONResponse:
+        check_write_key(request.headers.get("authorization"), service.api_key)
+        parts = await upload(request, allowed=("image", "label", "id"), required=("image", "label"))
+        label = parts["label"].text()
+        if label not in classes:
+            raise RequestError(422, f"unknown label {label[:80]!r}; the classes are {', '.join(classes)}")
+        case_id = parts["id"].text() if "id" in parts else ""
+        case_id = check_case_id(case_id) if case_id else None
+        decoded, inference = await infer(parts["image"].data, turns=False)
+        metadata = {"source": "POST /api/cases", "filename": (parts["image"].filename or "")[:200]}
+        future = store.add(
+            parts["image"].data, decoded.extension, inference.code, classes.index(label), case_id, metadata
+        )
+        case = await asyncio.wrap_future(future)
+        body = {
+            "id": case.case_id,
+            "label": case.class_name,
+            "image_url": image_url(case.case_id),
+            "count": store.info.count,
+        }
+        return JSONResponse(body, status_code=201)
+
+    return app
+
+
+def check_write_key(authorization: str | None, api_key: str | None) -> None:
+    """403 when writes are disabled (no key configured) or the key is wrong; 401 when none is sent.
+
+    The comparison takes the same time whatever the key sent (``hmac.compare_digest``).
+    """
+    if not api_key:
+        raise RequestError(403, f"writes are disabled: the service was started without {API_KEY_ENV}")
+    scheme, _, token = (authorization or "").strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise RequestError(
+            401, "adding a case needs the header 'Authorization: Bearer KEY'", {"WWW-Authenticate": "Bearer"}
+        )
+    if not hmac.compare_digest(token.strip().encode("utf-8"), api_key.encode("utf-8")):
+        raise RequestError(403, "wrong API key")
+
+
+def _model_summary(engine: InferenceEngine) -> dict[str, Any]:
+    info = engine.info
+    return {
+        "description": info.description,
+        "rm": info.rm,
+        "k": info.k,
+        "fingerprint": info.fingerprint,
+        "run": info.run,
+    }
+
+
+def serve(config: ServiceConfig, *, log_level: str = "info") -> None:
+    """Load the service and run it with uvicorn until interrupted (one process: one model in memory)."""
+    import uvicorn
+
+    service = build_service(config)
+    writes = "enabled" if service.api_key else f"disabled (set {API_KEY_ENV} to enable POST /api/cases)"
+    print(
+        f"serving {service.engine.info.description} ({service.engine.info.run}) with "
+        f"{service.store.info.count} indexed cases from {config.index}; writes {writes}\n"
+        f"open http://{_url_host(config.host)}:{config.port}/  (API: /docs)",
+        flush=True,
+    )
+    try:
+        uvicorn.run(create_app(service), host=config.host, port=config.port, log_level=log_level, workers=1)
+    finally:
+        service.close()
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host

@@ -1,0 +1,94 @@
+"""The ``rmnet serve`` command (argparse), added to the main CLI by ``add_serve_command``.
+
+Only argparse is imported here: the service (torch, FastAPI, uvicorn) loads when the command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from rmnet.service.config import API_KEY_ENV, MAX_K, MAX_PIXELS, MAX_UPLOAD_MB
+
+
+class _Defaults(argparse.HelpFormatter):
+    """ "(default: …)" after options that have one."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default in (None, False, argparse.SUPPRESS) or action.option_strings == ["-h", "--help"]:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def add_serve_command(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "serve",
+        help="run the CAD web service: diagnosis, heat map and similar cases of an image",
+        description="Serve the model of RUN and the similar-case index INDEX over HTTP (FastAPI + uvicorn): "
+        "the page at /, the API at /api (documented at /docs). The model is loaded and the index opened "
+        f"once. Adding cases (POST /api/cases) needs the key in ${API_KEY_ENV}; without it, writes are "
+        "disabled. Binds 127.0.0.1 unless --host says otherwise. See docs/service.md.",
+        formatter_class=_Defaults,
+    )
+    parser.add_argument(
+        "run_dir",
+        metavar="RUN",
+        type=Path,
+        help="run folder, or a folder of runs that holds the one that built INDEX",
+    )
+    parser.add_argument("--index", required=True, type=Path, help="similar-case index (rmnet index build)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    parser.add_argument("--port", type=int, default=8000, help="TCP port")
+    parser.add_argument("--checkpoint", default="best", choices=("best", "last"), help="checkpoint of RUN")
+    parser.add_argument("--device", default="auto", help="cuda, cpu ...; auto picks CUDA when available")
+    parser.add_argument("--cases-dir", type=Path, help="where added cases' images go (default: INDEX/cases)")
+    parser.add_argument(
+        "--max-upload-mb", type=float, default=MAX_UPLOAD_MB, help="largest upload (413 above)"
+    )
+    parser.add_argument(
+        "--max-pixels", type=int, default=MAX_PIXELS, help="largest image in pixels (422 above)"
+    )
+    parser.add_argument("--max-k", type=int, default=MAX_K, help="most similar cases one search may ask for")
+    parser.add_argument(
+        "--max-batch",
+        type=int,
+        default=16,
+        help="images per forward pass (a predict counts 4: its quarter turns)",
+    )
+    parser.add_argument(
+        "--batch-wait-ms",
+        type=float,
+        default=2.0,
+        help="how long a batch waits for requests already being decoded (a lone request never waits)",
+    )
+    parser.add_argument("--torch-threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        choices=("critical", "error", "warning", "info", "debug"),
+        help="uvicorn log",
+    )
+    parser.set_defaults(run=run_serve)
+
+
+def run_serve(args: argparse.Namespace) -> None:
+    from rmnet.service.app import serve
+    from rmnet.service.config import ServiceConfig
+
+    config = ServiceConfig(
+        run=args.run_dir,
+        index=args.index,
+        checkpoint=args.checkpoint,
+        device=args.device,
+        host=args.host,
+        port=args.port,
+        cases_dir=args.cases_dir,
+        max_upload_mb=args.max_upload_mb,
+        max_pixels=args.max_pixels,
+        max_k=args.max_k,
+        max_batch=args.max_batch,
+        batch_wait_ms=args.batch_wait_ms,
+        torch_threads=args.torch_threads,
+    )
+    serve(config, log_level=args.log_level)
