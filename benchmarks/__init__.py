@@ -12,6 +12,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from rmnet.io import atomic_write_text
+
 
 def machine_description() -> str:
     """One line naming the date, CPU, thread count and library versions, for every table's caption."""
@@ -30,10 +32,7 @@ def command_line(module: str, argv: list[str] | None) -> str:
 
 def write_atomic(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file, so a failure never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write_text(path, text)
 
 
 def markdown_table(table: pd.DataFrame, floatfmt: str = ".2f") -> str:
