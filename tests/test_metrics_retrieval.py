@@ -6,6 +6,7 @@ import pytest
 from rmnet.metrics.retrieval import (
     cosine_distances,
     hamming_distances,
+    quantize_codes,
     rank_database,
     retrieval_metrics,
 )
@@ -66,7 +67,7 @@ def test_top_1_depends_on_how_ties_are_broken():
     assert m["per_class"][1]["mrr_at_k"] == pytest.approx(0.5)
 
 
-# Hamming: 3-bit codes whose signs tie, so the cosine decides.
+# Hamming: 3-bit codes whose signs tie; the lower database index wins the tie.
 HAM_DB = np.array([[1, 1, -1], [2, 1, -1], [10, 10, 1], [-1, -1, -1]], dtype=np.float32)
 HAM_DB_LABELS = np.array([0, 1, 1, 0])
 HAM_QUERY = np.array([[10, 10, -1]], dtype=np.float32)  # bits 110, label 0
@@ -78,12 +79,13 @@ def test_hamming_distance_counts_differing_sign_bits():
     assert hamming_distances(HAM_QUERY, HAM_DB).tolist() == [[0, 0, 1, 2]]
 
 
-def test_hamming_ties_are_broken_by_cosine_distance_before_index():
+def test_hamming_ties_are_broken_by_database_index_not_by_float_cosines():
     order, distances = rank_database(HAM_QUERY, HAM_DB, "hamming")
-    # 0 and 1 tie at Hamming 0; 1 is closer in cosine (.893 > .855), so it comes first.
-    assert order.tolist() == [[1, 0, 2, 3]]
+    # 0 and 1 tie at Hamming 0: 0 comes first although 1 is closer in cosine (.893 > .855). An
+    # integer rule: the same on every machine, and fast on 16-bit codes that tie by the million.
+    assert order.tolist() == [[0, 1, 2, 3]]
     assert distances.tolist() == [[0, 0, 1, 2]]
-    # By cosine alone the near-parallel code 2 (whose third bit differs) comes first.
+    # By cosine the near-parallel code 2 (whose third bit differs) comes first.
     assert rank_database(HAM_QUERY, HAM_DB, "cosine")[0].tolist() == [[2, 1, 0, 3]]
 
 
@@ -91,10 +93,36 @@ def test_hamming_and_cosine_metrics_differ_as_their_rankings_do():
     labels = np.array([0])
     ham = retrieval_metrics(HAM_QUERY, labels, HAM_DB, HAM_DB_LABELS, k=2, metric="hamming")
     cos = retrieval_metrics(HAM_QUERY, labels, HAM_DB, HAM_DB_LABELS, k=2, metric="cosine")
-    # Hamming ranking [1, 0, 2, 3], rel [0, 1, 0, 1]: P@2 = 1/2, RR = 1/2, AP = (1/2 + 2/4)/2 = 1/2.
-    assert (ham["map_at_k"], ham["mrr_at_k"], ham["map"]) == pytest.approx((0.5, 0.5, 0.5))
+    # Hamming ranking [0, 1, 2, 3], rel [1, 0, 0, 1]: P@2 = 1/2, RR = 1, AP = (1 + 2/4)/2 = 3/4.
+    assert (ham["map_at_k"], ham["mrr_at_k"], ham["map"]) == pytest.approx((0.5, 1.0, 0.75))
     # Cosine ranking [2, 1, 0, 3], rel [0, 0, 1, 1]: P@2 = 0, RR = 0, AP = (1/3 + 2/4)/2 = 5/12.
     assert (cos["map_at_k"], cos["mrr_at_k"], cos["map"]) == pytest.approx((0.0, 0.0, 5 / 12))
+
+
+def test_cosine_ranks_on_exact_integers_so_a_batch_position_cannot_reorder_ties():
+    """Copies of a code anywhere in the database, or in a query batch, get bit-identical distances."""
+    rng = np.random.default_rng(0)
+    db = rng.normal(size=(3000, 16)).astype(np.float32)
+    db[[5, 999, 1024, 2999]] = db[5]
+    db[[6, 7]] = [8 * db[5], 0.5 * db[5]]  # collinear by powers of two: the same unit vector exactly
+    queries = np.concatenate([rng.normal(size=(40, 16)), db[[5]], rng.normal(size=(40, 16)), db[[5]]])
+    order, distances = rank_database(queries, db, "cosine", k=6)
+    assert order[40].tolist() == order[81].tolist() == [5, 6, 7, 999, 1024, 2999]
+    assert len(set(distances[40].tolist() + distances[81].tolist())) == 1
+    assert distances[40][0] == pytest.approx(0.0, abs=1e-6)
+    shuffled = rng.permutation(len(db))
+    full = cosine_distances(queries, db)
+    assert cosine_distances(queries[::-1], db[shuffled])[::-1].tolist() == full[:, shuffled].tolist()
+
+
+def test_quantized_codes_keep_every_sign_so_hamming_bits_are_those_of_the_codes():
+    codes = np.array([[1e-9, -1e-9, 0.0, 1.0], [3.0, 4.0, 0.0, 0.0]], dtype=np.float32)
+    fixed = quantize_codes(codes)
+    assert fixed[0].tolist() == [1, -1, 0, 2**24]  # tiny components round to ±1, not to 0
+    assert fixed[1].tolist() == [round(0.6 * 2**24), round(0.8 * 2**24), 0, 0]
+    assert ((fixed > 0) == (codes > 0)).all()
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        quantize_codes(np.array([[np.nan, 1.0]]))
 
 
 def test_identical_codes_are_ranked_by_database_index_under_both_metrics():

@@ -1,13 +1,18 @@
 """`rmnet index build|add|info` and `rmnet search`, end to end on a tiny trained run."""
 
 import argparse
+import fcntl
 import json
+import shlex
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
 
 from rmnet.config import TrainConfig
+from rmnet.data import prepare_cache
 from rmnet.retrieval.cli import add_commands, main
 from rmnet.retrieval.index import CodeIndex
 from rmnet.runs import Run
@@ -46,9 +51,9 @@ def test_build_indexes_the_training_split_of_the_run(run_dir, index_dir, capsys)
         assert len(index) == len(run.split.train)
         assert sorted(index.labels()) == sorted(run.table.labels[run.split.train])
         assert index.model.run == str(run_dir.resolve()) and index.model.code_length == 8
-    assert main(["index", "info", str(index_dir)]) == 0
+    assert main(["index", "info", "--index", str(index_dir)]) == 0
     out = capsys.readouterr().out
-    assert f"{len(run.split.train)} images, 8-dimensional codes" in out
+    assert f"{len(run.split.train)} images, 8-bit codes" in out
     assert "small_cnn" in out and "images per class: globules 8, lobed 8, regular 8, streaks 8" in out
 
 
@@ -58,7 +63,10 @@ def test_search_prints_the_diagnosis_and_the_k_nearest_cases_and_draws_a_gallery
     run = Run(run_dir)
     query = run.table.paths[run.split.train[0]]  # an indexed image: it must find itself first
     gallery = tmp_path / "gallery.png"
-    assert main(["search", str(query), "--index", str(index_dir), "--k", "5", "--gallery", str(gallery)]) == 0
+    assert (
+        main(["search", str(query), "--index", str(index_dir), "--top-k", "5", "--gallery", str(gallery)])
+        == 0
+    )
     out = capsys.readouterr().out
     lines = out.splitlines()
     assert lines[0] == f"query: {query}"
@@ -76,7 +84,7 @@ def test_search_as_json_with_hamming_distances(run_dir, index_dir, capsys):
     run = Run(run_dir)
     queries = [str(run.table.paths[i]) for i in run.split.test[:2]]
     assert (
-        main(["search", *queries, "--index", str(index_dir), "--k", "3", "--metric", "hamming", "--json"])
+        main(["search", *queries, "--index", str(index_dir), "--top-k", "3", "--metric", "hamming", "--json"])
         == 0
     )
     results = json.loads(capsys.readouterr().out)
@@ -93,7 +101,7 @@ def test_an_unreadable_query_fails_the_command_after_the_readable_ones_are_answe
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"\xff\xd8 truncated")
     good = Run(run_dir).table.paths[0]
-    assert main(["search", str(good), str(broken), "--index", str(index_dir), "--k", "2"]) == 1
+    assert main(["search", str(good), str(broken), "--index", str(index_dir), "--top-k", "2"]) == 1
     captured = capsys.readouterr()
     assert f"query: {good}" in captured.out
     assert "1 of 2 images could not be read" in captured.err and str(broken) in captured.err
@@ -108,7 +116,7 @@ def test_add_appends_new_images_and_skips_those_already_present_under_any_name(
     new = [run.table.paths[i] for i in run.split.test[:2]]
     present = run.table.paths[run.split.train[0]]
     before = len(CodeIndex.open(copy))
-    assert main(["index", "add", str(copy), *map(str, new), str(present), "--label", "lobed"]) == 0
+    assert main(["index", "add", "--index", str(copy), *map(str, new), str(present), "--label", "lobed"]) == 0
     captured = capsys.readouterr()
     assert f"added 2 images to {copy} (now {before + 2})" in captured.out
     # The build stored it as "<class>/<name>"; `add` names files by their stem: the content matches.
@@ -120,7 +128,7 @@ def test_add_appends_new_images_and_skips_those_already_present_under_any_name(
 
 def test_add_refuses_an_unknown_class(index_dir, run_dir, capsys):
     image = Run(run_dir).table.paths[0]
-    assert main(["index", "add", str(index_dir), str(image), "--label", "melanoma"]) == 1
+    assert main(["index", "add", "--index", str(index_dir), str(image), "--label", "melanoma"]) == 1
     assert (
         "unknown class 'melanoma'; the index's classes are globules, lobed, regular, streaks"
         in capsys.readouterr().err
@@ -160,3 +168,112 @@ def test_every_option_of_every_command_is_explained_in_its_help():
         for action in command._actions:
             assert action.help, f"`rmnet {name}` option {action.option_strings or action.dest} has no help"
         assert callable(command.get_default("run")), name
+
+
+def test_several_queries_get_one_gallery_each_even_with_the_same_file_name(
+    run_dir, index_dir, tmp_path, capsys
+):
+    run = Run(run_dir)
+    queries = []
+    for folder, i in (("qa", 0), ("qb", 1)):
+        (tmp_path / folder).mkdir()
+        queries.append(tmp_path / folder / "q.png")
+        shutil.copy(run.table.paths[run.split.test[i]], queries[-1])
+    gallery = tmp_path / "coll.png"
+    args = [
+        "search",
+        *map(str, queries),
+        "--index",
+        str(index_dir),
+        "--top-k",
+        "2",
+        "--gallery",
+        str(gallery),
+    ]
+    assert main(args) == 0
+    written = [tmp_path / "coll-1-q.png", tmp_path / "coll-2-q.png"]
+    assert [line for line in capsys.readouterr().out.splitlines() if line.startswith("gallery:")] == [
+        f"gallery: {path}" for path in written
+    ]
+    assert all(path.is_file() for path in written) and not gallery.exists()
+
+
+def test_build_prints_a_next_command_that_the_shell_reads_back_and_finds_moved_data(
+    run_dir, lesion_root, tmp_path, capsys
+):
+    moved = tmp_path / "moved data"
+    shutil.copytree(lesion_root, moved)
+    out = tmp_path / "my index"
+    assert main(["index", "build", "--run", str(run_dir), "--out", str(out), "--data", str(moved)]) == 0
+    next_line = capsys.readouterr().out.splitlines()[-1]
+    assert shlex.split(next_line.removeprefix("next: ")) == ["rmnet", "search", "IMAGE", "--index", str(out)]
+    with CodeIndex.open(out) as index:
+        hit = index.search(index.codes()[:1], 1, model_fingerprint=index.model.fingerprint)[0][0]
+        assert hit.path.startswith(str(moved.resolve())) and hit.cached_path is None
+
+
+def test_build_refuses_data_that_lacks_the_images_of_the_runs_split(run_dir, lesion_root, tmp_path, capsys):
+    other = tmp_path / "other"
+    shutil.copytree(lesion_root, other)
+    for path in list((other / "lobed").iterdir())[:2]:
+        path.unlink()
+    assert (
+        main(["index", "build", "--run", str(run_dir), "--out", str(tmp_path / "i"), "--data", str(other)])
+        == 1
+    )
+    assert "images are not in this one" in capsys.readouterr().err
+
+
+def test_an_index_built_through_the_cache_knows_the_originals(run_dir, tmp_path, capsys):
+    out, cache = tmp_path / "cached-index", tmp_path / "cache"
+    run = Run(run_dir)
+    prepare_cache(run.table, cache, short_edge=run.config.resize_short_edge(), workers=1)  # `rmnet prepare`
+    assert main(["index", "build", "--run", str(run_dir), "--out", str(out), "--cache", str(cache)]) == 0
+    original = run.table.paths[run.split.train[0]]
+    with CodeIndex.open(out) as index:
+        hits = index.search(index.codes()[:1], 1, model_fingerprint=index.model.fingerprint)[0]
+        assert hits[0].path == str(original.resolve())  # the gallery shows the original
+        assert hits[0].cached_path.startswith(str(cache.resolve()))  # the codes came from this copy
+    copy = tmp_path / "renamed-copy.png"
+    shutil.copy(original, copy)  # byte-identical to an indexed original
+    capsys.readouterr()
+    assert main(["index", "add", "--index", str(out), str(copy), "--label", "lobed"]) == 0
+    captured = capsys.readouterr()
+    assert "added 0 images" in captured.out
+    assert f"skipped renamed-copy: same file content as {run.table.ids[run.split.train[0]]}" in captured.err
+
+
+def test_add_gives_up_after_the_lock_timeout_while_another_process_writes(
+    run_dir, index_dir, tmp_path, capsys
+):
+    copy = tmp_path / "copy"
+    shutil.copytree(index_dir, copy)
+    image = Run(run_dir).table.paths[Run(run_dir).split.test[0]]
+    with open(copy / ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        args = ["index", "add", "--index", str(copy), str(image), "--label", "0", "--lock-timeout", "0.2"]
+        assert main(args) == 1
+    assert "another process has been writing index" in capsys.readouterr().err
+
+
+def test_the_retrieval_commands_import_neither_torch_nor_faiss():
+    """`rmnet --help` must answer at once: the commands import heavy modules only when they run."""
+    code = (
+        "import sys, rmnet.retrieval, rmnet.retrieval.cli; "
+        "print(sorted(m for m in ('torch', 'faiss', 'sklearn', 'matplotlib') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_the_cli_constants_match_the_library():
+    from rmnet.metrics.retrieval import METRICS
+    from rmnet.retrieval import cli, index
+
+    assert cli.RANKINGS == METRICS and cli.DEFAULT_LOCK_TIMEOUT == index.DEFAULT_LOCK_TIMEOUT
+
+
+def test_search_has_top_k_and_no_k_option(capsys):
+    with pytest.raises(SystemExit):
+        main(["search", "x.png", "--index", "i", "--k", "3"])
+    assert "unrecognized arguments: --k" in capsys.readouterr().err

@@ -5,9 +5,9 @@ import torch
 
 import rmnet
 from rmnet.data import TensorImageDataset
-from rmnet.metrics.retrieval import retrieval_metrics
+from rmnet.metrics.retrieval import rank_database, retrieval_metrics
 from rmnet.retrieval.codes import embed_dataset
-from rmnet.retrieval.evaluation import format_retrieval_report, retrieval_report
+from rmnet.retrieval.evaluation import RotatedDataset, format_retrieval_report, retrieval_report
 
 NAMES = ["MEL", "NV", "BCC"]
 
@@ -59,6 +59,27 @@ def test_a_model_invariant_to_quarter_turns_retrieves_the_same_for_rotated_queri
     for angle in (90, 180, 270):
         for metric in ("cosine", "hamming"):
             assert by_angle[(angle, metric)] == pytest.approx(by_angle[(0, metric)])
+
+
+def test_a_plain_model_retrieves_differently_for_rotated_queries():
+    """The counterpart of the test above: with a model that is not rotation invariant, 180° queries
+    must give other results, or the rotated queries were never rotated."""
+    plain, (database, queries) = tiny_model(), datasets()
+    with torch.no_grad():  # as above: let the images, not the bias, make the codes
+        plain.hash.bias.zero_()
+    report = retrieval_report(plain, database, queries, k=5, angles=(0, 180), progress=False)
+    rows = {(r["angle"], r["metric"]): r for r in report["results"]}
+    for metric in ("cosine", "hamming"):
+        upright, rotated = rows[(0, metric)], rows[(180, metric)]
+        assert (upright["map_at_k"], upright["mrr_at_k"], upright["map"]) != pytest.approx(
+            (rotated["map_at_k"], rotated["mrr_at_k"], rotated["map"])
+        )
+    upright_codes, _ = embed_dataset(plain, queries, progress=False)
+    rotated_codes, _ = embed_dataset(plain, RotatedDataset(queries, 180), progress=False)
+    db_codes, _ = embed_dataset(plain, database, progress=False)
+    assert (
+        rank_database(upright_codes, db_codes, k=5)[0] != rank_database(rotated_codes, db_codes, k=5)[0]
+    ).any()
 
 
 def test_the_report_formats_as_a_markdown_table_in_percent():

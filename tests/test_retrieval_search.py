@@ -1,17 +1,29 @@
 """Search through the Python API: image files of any kind → codes → nearest indexed cases → gallery."""
 
+import dataclasses
 import shutil
+import threading
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch import nn
 
 import rmnet
 from rmnet.data import build_transform
-from rmnet.retrieval.gallery import save_gallery
-from rmnet.retrieval.index import CodeIndex, IndexMismatchError
-from rmnet.retrieval.search import ImageEncoder, add_images, image_files, search_images
+from rmnet.data.images import UnreadableImageError
+from rmnet.retrieval.gallery import LEGEND, UNREADABLE_NOTE, gallery_figure, save_gallery
+from rmnet.retrieval.index import CodeIndex, IndexMismatchError, describe_codes
+from rmnet.retrieval.search import (
+    ImageEncoder,
+    add_bytes,
+    add_images,
+    image_files,
+    search_bytes,
+    search_images,
+)
 
 CLASSES = ["regular", "lobed", "globules"]
 
@@ -75,7 +87,22 @@ def test_an_indexed_image_finds_itself_first_with_its_stored_details(tmp_path, i
     assert (first.image_id, first.class_name, first.path) == ("case2", "lobed", str(images[2].resolve()))
     assert first.distance == pytest.approx(0.0, abs=1e-5)
     assert [hit.rank for hit in result.hits] == [1, 2, 3]
-    assert result.predicted_class in CLASSES and 0 < result.probability <= 1
+
+
+def test_the_predicted_diagnosis_is_the_models_arg_max_and_its_probability(tmp_path, images):
+    enc = encoder()
+    index = new_index(tmp_path, enc)
+    add_images(enc, index, images, label=1)
+    results, _ = search_images(enc, index, images, k=2)
+    with torch.no_grad():
+        batch = torch.stack([enc.transform(Image.open(path).convert("RGB")) for path in images])
+        probabilities = torch.softmax(enc.model(batch), dim=1)
+    expected = probabilities.argmax(dim=1).tolist()
+    assert [r.predicted_label for r in results] == expected
+    assert [r.predicted_class for r in results] == [CLASSES[i] for i in expected]
+    assert [r.probability for r in results] == pytest.approx(
+        probabilities.max(dim=1).values.tolist(), abs=1e-6
+    )
 
 
 def test_k_larger_than_the_index_returns_every_indexed_image(tmp_path, images):
@@ -115,6 +142,67 @@ def test_folders_are_expanded_to_the_image_files_they_contain(tmp_path, images):
     assert image_files([tmp_path / "images" / "a", images[4]]) == [*images[:3], images[4]]
 
 
+def test_images_given_as_bytes_are_searched_like_files_and_bad_bytes_are_named(tmp_path, images):
+    enc = encoder()
+    index = new_index(tmp_path, enc)
+    add_images(enc, index, images, label=0)
+    blobs = [path.read_bytes() for path in images[:2]]
+    by_bytes = search_bytes(enc, index, blobs, names=["first", "second"], k=3)
+    by_files, _ = search_images(enc, index, images[:2], k=3)
+    assert [r.query for r in by_bytes] == ["first", "second"]
+    for a, b in zip(by_bytes, by_files, strict=True):
+        assert a.hits == b.hits and a.predicted_label == b.predicted_label
+    codes, _ = enc.encode_images([Image.open(images[0]).convert("L")])  # a decoded image, any mode
+    assert codes.shape == (1, 8)
+    with pytest.raises(UnreadableImageError, match="2 of 3 images could not be read: cannot read image bad"):
+        enc.encode_bytes([blobs[0], b"not an image", b""], names=["ok", "bad", "empty"])
+    with pytest.raises(UnreadableImageError, match="cannot read image empty: it is empty"):
+        search_bytes(enc, index, [b""], names=["empty"])
+
+
+def test_images_given_as_bytes_are_added_once_whatever_their_name(tmp_path, images):
+    enc = encoder()
+    index = new_index(tmp_path, enc)
+    add_images(enc, index, images[:1], label=0)
+    result = add_bytes(
+        enc, index, [images[0].read_bytes(), images[1].read_bytes()], ids=["up-0", "up-1"], label=2
+    )
+    assert result.added == ["up-1"] and result.skipped == [("up-0", "same file content as case0")]
+
+
+def test_the_encoder_refuses_a_model_that_is_not_an_rmnet_model():
+    with pytest.raises(TypeError, match="is not an rmnet model"):
+        ImageEncoder(nn.Linear(3, 3), build_transform(False, 16), CLASSES)
+
+
+def test_an_encoder_says_whether_its_codes_are_hash_codes_or_float_features():
+    torch.manual_seed(0)
+    plain = rmnet.create_model("small_cnn", num_classes=3, width=8)
+    identity = ImageEncoder(plain, build_transform(False, 16), CLASSES).identity
+    assert identity.code_kind == "features"
+    assert describe_codes(identity) == f"{plain.num_features}-D float features"
+    assert describe_codes(encoder().identity) == "8-bit codes"
+
+
+def test_threads_may_search_one_encoder_and_index_at_once(tmp_path, images):
+    enc = encoder()
+    index = new_index(tmp_path, enc)
+    add_images(enc, index, images, label=0)
+    expected, _ = search_images(enc, index, images, k=3)
+    answers = [None] * 4
+
+    def work(i):
+        answers[i] = search_bytes(enc, index, [p.read_bytes() for p in images], k=3)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for answer in answers:
+        assert [r.hits for r in answer] == [r.hits for r in expected]
+
+
 def test_the_gallery_shows_the_query_and_every_result(tmp_path, images):
     enc = encoder()
     index = new_index(tmp_path, enc)
@@ -126,3 +214,26 @@ def test_the_gallery_shows_the_query_and_every_result(tmp_path, images):
         width, height = picture.size
     assert path.is_file() and not list(path.parent.glob(".*.tmp"))
     assert width > 3 * 150 and height > 3 * 150  # a query row and two rows of three results
+
+
+def test_the_gallery_has_a_legend_and_prefers_the_original_over_the_cached_copy(tmp_path, images):
+    enc = encoder()
+    index = new_index(tmp_path, enc)
+    add_images(enc, index, images[:3], label=0)
+    (result,) = search_images(enc, index, images[:1], k=3)[0]
+    small = tmp_path / "small.png"
+    Image.new("RGB", (4, 4), "blue").save(small)
+    hits = [
+        dataclasses.replace(result.hits[0], cached_path=str(small)),  # original readable: it is shown
+        dataclasses.replace(result.hits[1], path=str(tmp_path / "gone.png"), cached_path=str(small)),
+        dataclasses.replace(result.hits[2], path=str(tmp_path / "gone.png"), cached_path=None),
+    ]
+    fig = gallery_figure(dataclasses.replace(result, hits=hits), columns=3)
+    try:
+        assert [t.get_text() for t in fig.legends[0].get_texts()] == list(LEGEND)
+        tiles = fig.axes[3:6]
+        assert [tile.images[0].get_array().shape[:2] for tile in tiles[:2]] == [(24, 20), (4, 4)]
+        notes = [[t.get_text() for t in tile.texts] for tile in tiles]
+        assert notes == [[], [], [UNREADABLE_NOTE]]
+    finally:
+        plt.close(fig)

@@ -2,8 +2,19 @@
 
 Ranking. Codes are real vectors (the hash layer's output). ``"cosine"`` ranks the database by
 1 − cos(q, d), the paper's choice; ``"hamming"`` by the Hamming distance between the signs of the
-codes (bit = code > 0). Ties are broken deterministically: by the database index for cosine; by
-the cosine distance, then the database index for Hamming, since 16-bit codes tie often (SPEC §11).
+codes (bit = code > 0). The same ranking, to the last tie, comes out on every machine and in
+:class:`rmnet.retrieval.index.CodeIndex`, because no decision depends on float rounding:
+
+- cosine: every code is L2-normalised in float64 with element-wise operations only (correctly
+  rounded IEEE, the same on every CPU) and rounded to a multiple of 2^-24 (``quantize_codes``,
+  signs kept: a non-zero component never rounds to 0); the similarity of two codes is the inner
+  product of these integers, computed exactly. Codes whose cosines differ by less than about
+  sqrt(L)·2^-24 (2.4e-7 for L = 16) may rank in either order, but the same order everywhere. Ties
+  (equal integers: identical or proportional codes) go to the lower database index.
+- hamming: integer distances; ties go to the lower database index (the image added first).
+
+So a float dot product that OpenBLAS evaluates differently for two copies of one code (0.18588674
+against 0.18588680, depending on the batch position) cannot reorder a ranking.
 
 Metrics, for a query i with the top-k list of its ranking (k_i = min(k, database size)):
 
@@ -26,6 +37,8 @@ from typing import Any
 import numpy as np
 
 METRICS = ("cosine", "hamming")
+COSINE_BITS = 24  # normalised codes are rounded to multiples of 2**-COSINE_BITS
+COSINE_SCALE = float(2**COSINE_BITS)
 _CHUNK_ELEMENTS = 1 << 23  # distances computed per block of queries, to bound memory
 
 
@@ -34,23 +47,66 @@ def to_bits(codes: np.ndarray) -> np.ndarray:
     return np.asarray(codes) > 0
 
 
+def pack_codes(codes: np.ndarray) -> np.ndarray:
+    """Sign bits packed into bytes, (N, ceil(bits/8)) uint8, first bit in the highest bit of byte 0:
+    the form FAISS binary indexes take."""
+    return np.packbits(to_bits(np.atleast_2d(codes)), axis=1)
+
+
 def normalize_codes(codes: np.ndarray) -> np.ndarray:
-    """L2-normalised float32 codes, so that the inner product is the cosine; zero rows stay zero."""
+    """L2-normalised float32 codes, so that the inner product is the cosine; zero rows stay zero.
+
+    For display and plots; rankings use :func:`quantize_codes`, which is exact.
+    """
     codes = np.asarray(codes, dtype=np.float32)
     norms = np.linalg.norm(codes, axis=1, keepdims=True)
     return codes / np.maximum(norms, np.finfo(np.float32).tiny)
 
 
+def quantize_codes(codes: np.ndarray) -> np.ndarray:
+    """The integer codes cosine rankings use: L2-normalised, times 2^24, rounded (int32, (N, L)).
+
+    Deterministic on every machine: the norm is summed column by column in float64 (no reduction
+    whose order a library may choose), and each step is one correctly rounded IEEE operation. A
+    non-zero component keeps its sign (it becomes ±1 rather than 0), so the signs, and the Hamming
+    bits, of the integer codes are those of the codes. Zero codes stay zero.
+    """
+    codes = np.asarray(codes, dtype=np.float64)
+    if codes.ndim != 2:
+        raise ValueError(f"codes must be a 2-D array (items, bits), got shape {codes.shape}")
+    if not np.isfinite(codes).all():
+        raise ValueError("codes contain NaN or infinite values: the model's output is broken")
+    squares = np.zeros(len(codes))
+    for column in codes.T:
+        squares += column * column
+    norms = np.sqrt(squares)
+    unit = codes / np.where(squares > 0, norms, 1.0)[:, None]
+    fixed = np.rint(unit * COSINE_SCALE).astype(np.int64)
+    fixed = np.where(fixed == 0, np.sign(unit).astype(np.int64), fixed)
+    return fixed.astype(np.int32)
+
+
+def cosine_similarity_keys(query_fixed: np.ndarray, db_fixed: np.ndarray) -> np.ndarray:
+    """Exact inner products (Q, N) of integer codes from :func:`quantize_codes`, as float64.
+
+    Exact whatever the order of summation: every product and partial sum is an integer of at
+    most about 2^48 (Cauchy–Schwarz on codes of norm about 2^24), inside float64's exact 2^53.
+    """
+    return np.asarray(query_fixed, np.float64) @ np.asarray(db_fixed, np.float64).T
+
+
 def cosine_distances(query_codes: np.ndarray, db_codes: np.ndarray) -> np.ndarray:
-    """(Q, N) cosine distances 1 − cos between every query and every database code."""
-    return 1.0 - normalize_codes(query_codes) @ normalize_codes(db_codes).T
+    """(Q, N) cosine distances 1 − cos between every query and every database code (on the
+    integer codes of :func:`quantize_codes`: within about 1e-6 of the float value)."""
+    keys = cosine_similarity_keys(quantize_codes(query_codes), quantize_codes(db_codes))
+    return 1.0 - keys / COSINE_SCALE**2
 
 
 def hamming_distances(query_codes: np.ndarray, db_codes: np.ndarray) -> np.ndarray:
     """(Q, N) Hamming distances between the sign bits of the codes (int32)."""
     q, d = to_bits(query_codes).astype(np.float32), to_bits(db_codes).astype(np.float32)
     agree = q @ d.T + (1.0 - q) @ (1.0 - d).T  # exact: integers well below 2**24
-    return (q.shape[1] - agree).astype(np.int32)
+    return (q.shape[1] - np.rint(agree)).astype(np.int32)
 
 
 def rank_database(
@@ -58,16 +114,16 @@ def rank_database(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Database indices of each query's ranking (nearest first) and their distances, (Q, k) each.
 
-    ``k=None`` ranks the whole database. Ties are broken as the module docstring says.
+    ``k=None`` ranks the whole database. Ties go to the lower database index (module docstring).
     """
     query_codes, db_codes = _check_codes(query_codes, db_codes)
-    cosine = cosine_distances(query_codes, db_codes)
     if metric == "cosine":
-        order = np.argsort(cosine, axis=1, kind="stable")
-        distances = cosine
+        keys = cosine_similarity_keys(quantize_codes(query_codes), quantize_codes(db_codes))
+        order = np.argsort(-keys, axis=1, kind="stable")  # stable: equal keys keep index order
+        distances = 1.0 - keys / COSINE_SCALE**2
     elif metric == "hamming":
         distances = hamming_distances(query_codes, db_codes)
-        order = np.lexsort((cosine, distances), axis=-1)  # stable: equal keys keep index order
+        order = np.argsort(distances, axis=1, kind="stable")
     else:
         raise ValueError(f"unknown retrieval metric {metric!r}; choose one of {', '.join(METRICS)}")
     order = order[:, :k] if k is not None else order

@@ -4,6 +4,9 @@ A model's code is the hash layer's raw output (``model.embed``). Two forms are u
 
 - real-valued codes, L2-normalised so that the inner product is the cosine (the paper's ranking);
 - binary codes, the signs packed eight bits to a byte (``np.packbits``), ranked by Hamming distance.
+
+``pack_codes``, ``normalize_codes`` and ``quantize_codes`` live in :mod:`rmnet.metrics.retrieval`
+(pure numpy, shared with the index) and are re-exported here.
 """
 
 from __future__ import annotations
@@ -16,9 +19,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from rmnet.metrics.retrieval import normalize_codes, to_bits
+from rmnet.metrics.retrieval import normalize_codes, pack_codes, quantize_codes, to_bits
 
-__all__ = ["embed_dataset", "model_fingerprint", "normalize_codes", "pack_codes", "to_bits"]
+__all__ = ["embed_dataset", "model_fingerprint", "normalize_codes", "pack_codes", "quantize_codes", "to_bits"]
 
 
 def embed_dataset(
@@ -48,11 +51,6 @@ def embed_dataset(
     finally:
         model.train(was_training)
     return np.concatenate(codes).astype(np.float32, copy=False), np.concatenate(labels).astype(np.int64)
-
-
-def pack_codes(codes: np.ndarray) -> np.ndarray:
-    """Sign bits packed into bytes, (N, ceil(bits/8)) uint8: the form FAISS binary indexes take."""
-    return np.packbits(to_bits(codes), axis=1)
 
 
 def model_fingerprint(model: nn.Module) -> str:

@@ -3,15 +3,29 @@
 An index is one folder:
 
     manifest.json        the current generation: its two files, the item count, the model identity
-    vectors-<g>.faiss    faiss.IndexFlatIP over the L2-normalised codes (inner product = cosine)
+    vectors-<g>.faiss    faiss.IndexFlatIP over the L2-normalised codes on a 2^-24 grid (inner
+                         product = cosine; see rmnet.metrics.retrieval.quantize_codes)
     items-<g>.sqlite     row i describes vector i: image id, path, label, class name, content
-                         hash, metadata (JSON), when it was added
+                         hash, metadata (JSON), when it was added, the cached copy's path
+    .lock                taken by a writer (flock)
 
 Every change writes a new generation g+1 under new names (flushed to disk), then atomically
 replaces manifest.json, then deletes generation g. Whenever a save is interrupted, the manifest
 names a complete pair: the old one or the new one. Opening checks that the pair agrees with the
-manifest. The Hamming index (faiss.IndexBinaryFlat) is derived from the signs of the stored codes
-when first needed, so it cannot disagree with them. Writers take a lock on the folder.
+manifest.
+
+Rankings are exact and the same as :func:`rmnet.metrics.retrieval.rank_database` on every
+machine: cosine on integer codes (FAISS proposes candidates with a safety margin, integers
+decide), Hamming on integer distances, ties to the lower row (the image added first). Hamming
+search over codes of at most 16 bits uses the code itself as a bucket key (a counting sort of the
+rows by code, then Hamming balls of growing radius around the query); longer codes use
+faiss.IndexBinaryFlat. Both are derived from the stored codes when first needed.
+
+Threads: searches may run in any number of threads while one of them adds. A search reads one
+immutable generation from start to end (its FAISS index, its SQLite connection); an add builds
+the next generation beside it and switches to it only after the commit. Adds are serialised by a
+lock in the process and an flock on the folder across processes; a writer waits for the lock
+(``lock_timeout``) and applies its change on top of whatever another process committed meanwhile.
 """
 
 from __future__ import annotations
@@ -21,43 +35,53 @@ import json
 import logging
 import os
 import sqlite3
+import threading
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
+from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import faiss
 import numpy as np
 
-from rmnet.metrics.retrieval import METRICS, normalize_codes
-from rmnet.retrieval.codes import pack_codes
+from rmnet.io import atomic_write
+from rmnet.metrics.retrieval import COSINE_SCALE, METRICS, pack_codes, quantize_codes
+
+if TYPE_CHECKING:
+    import faiss
 
 try:
     import fcntl
-except ImportError:  # not POSIX: writers are not locked against each other
+except ImportError:  # not POSIX: writers in different processes are not locked against each other
     fcntl = None
 
 log = logging.getLogger(__name__)
 
 FORMAT = "rmnet-code-index"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: cached_path column; vectors on the 2^-24 grid (version 1 is read too)
 MANIFEST = "manifest.json"
-_TIE = 1e-6  # cosine similarities this close to the k-th count as tied with it
+DEFAULT_LOCK_TIMEOUT = 300.0  # seconds a writer waits for another writer
+BUCKET_MAX_BITS = 16  # Hamming search by code buckets up to this code length; FAISS beyond
+_EXTRA = 16  # candidates asked of FAISS beyond k, so that the boundary is usually seen at once
+_LOCK_POLL = 0.05
 
 _SCHEMA = """
 CREATE TABLE items (
     row INTEGER PRIMARY KEY,        -- position of the vector in the FAISS index
     image_id TEXT NOT NULL UNIQUE,
-    path TEXT,
+    path TEXT,                      -- the original image file
     label INTEGER NOT NULL,
     class_name TEXT NOT NULL,
-    content_hash TEXT,
+    content_hash TEXT,              -- SHA-256 of the original file
     metadata TEXT NOT NULL,         -- JSON object
-    added_at TEXT NOT NULL
+    added_at TEXT NOT NULL,
+    cached_path TEXT                -- a resized copy (rmnet prepare), drawn when path is unreadable
 );
 CREATE INDEX items_content_hash ON items (content_hash);
 """
+_COLUMNS = "row, image_id, path, label, class_name, content_hash, metadata, added_at, cached_path"
 
 
 class IndexMismatchError(ValueError):
@@ -69,18 +93,30 @@ class IndexCorruptError(ValueError):
 
 
 class IndexBusyError(OSError):
-    """Another process is writing the index, or wrote it since this one opened it."""
+    """Another process held the writer's lock for longer than the lock timeout."""
 
 
 @dataclass(frozen=True)
 class ModelIdentity:
-    """Which model made the codes: its fingerprint and code length, and where to load it from."""
+    """Which model made the codes: its fingerprint and code length, and where to load it from.
+
+    ``code_kind`` is ``"hash"`` for a hash layer's output (L-bit codes) and ``"features"`` for the
+    pooled features of a model without one (D-dimensional float features).
+    """
 
     fingerprint: str
     code_length: int
     description: str = ""
     run: str | None = None  # run folder, so that `rmnet search` can load the model
     checkpoint: str | None = None
+    code_kind: str = "hash"
+
+
+def describe_codes(model: ModelIdentity) -> str:
+    """The codes in words: "16-bit codes" (a hash layer) or "512-D float features" (none)."""
+    if model.code_kind == "features":
+        return f"{model.code_length}-D float features"
+    return f"{model.code_length}-bit codes"
 
 
 @dataclass(frozen=True)
@@ -89,9 +125,10 @@ class IndexItem:
 
     image_id: str
     label: int
-    path: str | None = None
-    content_hash: str | None = None  # e.g. sha256 of the file: the same image under another id
+    path: str | None = None  # the original file
+    content_hash: str | None = None  # sha256 of the original file: the same image under another id
     metadata: dict[str, Any] = field(default_factory=dict)
+    cached_path: str | None = None  # a resized copy of it, if the codes were computed from one
 
 
 @dataclass(frozen=True)
@@ -106,6 +143,7 @@ class Hit:
     class_name: str
     distance: float
     metadata: dict[str, Any]
+    cached_path: str | None = None
 
 
 @dataclass
@@ -117,11 +155,24 @@ class AddResult:
 
 
 class CodeIndex:
-    """Codes of a database of diagnosed images, searchable by cosine or Hamming distance."""
+    """Codes of a database of diagnosed images, searchable by cosine or Hamming distance.
 
-    def __init__(self, root: Path, manifest: dict[str, Any], vectors: faiss.Index, db: sqlite3.Connection):
-        self.root, self._manifest, self._vectors, self._db = root, manifest, vectors, db
-        self._binary: faiss.IndexBinary | None = None
+    Safe to share between threads: any number of searches may run while one thread adds.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        generation: _Generation,
+        *,
+        lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+        replacing: bool = False,
+    ) -> None:
+        self.root = root
+        self.lock_timeout = lock_timeout
+        self._current = generation  # replaced (never changed) by a commit: readers keep theirs
+        self._replacing = replacing  # created with overwrite=True: the first add replaces the folder
+        self._write_lock = threading.Lock()
 
     # -- opening and creating ------------------------------------------------------------------
 
@@ -134,6 +185,7 @@ class CodeIndex:
         class_names: Sequence[str],
         metric: str = "cosine",
         overwrite: bool = False,
+        lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
     ) -> CodeIndex:
         """A new, empty index in ``root``.
 
@@ -143,6 +195,8 @@ class CodeIndex:
         root = Path(root)
         if metric not in METRICS:
             raise ValueError(f"unknown retrieval metric {metric!r}; choose one of {', '.join(METRICS)}")
+        if model.code_kind not in ("hash", "features"):
+            raise ValueError(f"code_kind must be 'hash' or 'features', got {model.code_kind!r}")
         generation = 0
         if (root / MANIFEST).exists():
             if not overwrite:
@@ -151,7 +205,7 @@ class CodeIndex:
                     "or replace it (--overwrite)"
                 )
             generation = _read_manifest(root)["generation"]
-        elif root.exists() and any(root.iterdir()):
+        elif root.exists() and any(p.name != ".lock" for p in root.iterdir()):
             raise FileExistsError(f"{root} exists and is not an rmnet index; choose an empty or new folder")
         root.mkdir(parents=True, exist_ok=True)
         manifest = {
@@ -164,53 +218,33 @@ class CodeIndex:
             "class_names": list(class_names),
             "created": _now(),
         }
-        db = sqlite3.connect(":memory:")
+        db = sqlite3.connect(":memory:", check_same_thread=False)
         db.executescript(_SCHEMA)
-        index = cls(root, manifest, faiss.IndexFlatIP(model.code_length), db)
-        if generation == 0:
-            index._commit(np.zeros((0, model.code_length), np.float32), [])
+        vectors = _faiss().IndexFlatIP(model.code_length)
+        index = cls(root, _Generation(manifest, vectors, db), lock_timeout=lock_timeout, replacing=overwrite)
+        if not overwrite:
+            index._write([], np.zeros((0, model.code_length), np.int32), "", lock_timeout, create=True)
         return index
 
     @classmethod
-    def open(cls, root: str | os.PathLike) -> CodeIndex:
+    def open(cls, root: str | os.PathLike, *, lock_timeout: float = DEFAULT_LOCK_TIMEOUT) -> CodeIndex:
         """Open the index in ``root``, checking that its files agree with each other."""
         root = Path(root)
-        manifest = _read_manifest(root)
-        vectors_path, items_path = root / manifest["vectors"], root / manifest["items"]
-        for path in (vectors_path, items_path):
-            if not path.is_file():
-                raise IndexCorruptError(
-                    f"index {root} is missing {path.name}, named by its manifest; the folder was changed "
-                    "outside rmnet: rebuild it with `rmnet index build`"
-                )
-        try:
-            vectors = faiss.read_index(str(vectors_path))
-            db = _connect_read_only(items_path)
-            rows, first, last = db.execute("SELECT COUNT(*), MIN(row), MAX(row) FROM items").fetchone()
-        except (RuntimeError, sqlite3.DatabaseError) as err:
-            raise IndexCorruptError(
-                f"index {root} cannot be read ({err}); rebuild it with `rmnet index build`"
-            ) from err
-        count, length = manifest["count"], manifest["model"]["code_length"]
-        problems = []
-        if vectors.ntotal != count or rows != count:
-            problems.append(
-                f"the manifest counts {count} items, {vectors_path.name} holds {vectors.ntotal} vectors "
-                f"and {items_path.name} {rows} rows"
-            )
-        elif count and (first, last) != (0, count - 1):
-            problems.append(f"rows are numbered {first}..{last}, not 0..{count - 1}")
-        if vectors.d != length:
-            problems.append(f"vectors have {vectors.d} dimensions, the model's codes {length}")
-        if problems:
-            db.close()
-            raise IndexCorruptError(
-                f"index {root} is inconsistent ({'; '.join(problems)}); rebuild it with `rmnet index build`"
-            )
-        return cls(root, manifest, vectors, db)
+        return cls(root, _load_generation(root), lock_timeout=lock_timeout)
+
+    def refresh(self) -> bool:
+        """Switch to the generation on disk if another process committed one; True if it did.
+
+        Cheap (reads the manifest): a long-running service can call it before each request.
+        """
+        with self._write_lock:
+            if self._replacing or _generation_on_disk(self.root) == self._current.generation:
+                return False
+            self._current = _load_generation(self.root)
+            return True
 
     def close(self) -> None:
-        self._db.close()
+        self._current.close()
 
     def __enter__(self) -> CodeIndex:
         return self
@@ -221,168 +255,169 @@ class CodeIndex:
     # -- what it holds -------------------------------------------------------------------------
 
     def __len__(self) -> int:
-        return self._manifest["count"]
+        return self._current.count
 
     @property
     def model(self) -> ModelIdentity:
-        return ModelIdentity(**self._manifest["model"])
+        return _model_identity(self._current.manifest)
 
     @property
     def code_length(self) -> int:
-        return self._manifest["model"]["code_length"]
+        return self._current.code_length
 
     @property
     def metric(self) -> str:
-        return self._manifest["metric"]
+        return self._current.manifest["metric"]
 
     @property
     def class_names(self) -> list[str]:
-        return list(self._manifest["class_names"])
+        return list(self._current.manifest["class_names"])
 
     @property
     def generation(self) -> int:
-        return self._manifest["generation"]
+        return self._current.generation
 
     def codes(self) -> np.ndarray:
-        """All stored codes (L2-normalised), row i for item i."""
-        return self._vectors.reconstruct_n(0, len(self)) if len(self) else np.zeros((0, self.code_length))
+        """All stored codes (L2-normalised, on the 2^-24 grid), row i for item i."""
+        current = self._current
+        if not current.count:
+            return np.zeros((0, current.code_length), np.float32)
+        return current.vectors.reconstruct_n(0, current.count)
 
     def labels(self) -> np.ndarray:
         """The label of every item, row i for item i."""
-        return np.array([r[0] for r in self._db.execute("SELECT label FROM items ORDER BY row")], np.int64)
+        rows = self._current.query("SELECT label FROM items ORDER BY row")
+        return np.array([r[0] for r in rows], np.int64)
 
     def check_model(self, fingerprint: str, code_length: int | None = None) -> None:
         """Refuse codes of another length, or from another model than the one that built the index."""
-        model = self.model
-        if code_length is not None and code_length != model.code_length:
-            raise IndexMismatchError(
-                f"the codes have {code_length} dimensions, but index {self.root} holds "
-                f"{model.code_length}-bit codes of model {model.fingerprint} ({model.description}); "
-                "use that model, or rebuild the index with this one (`rmnet index build --overwrite`)"
-            )
-        if fingerprint != model.fingerprint:
-            where = f", {model.checkpoint}" if model.checkpoint else ""
-            raise IndexMismatchError(
-                f"index {self.root} was built with model {model.fingerprint} ({model.description}{where}), "
-                f"not with this model ({fingerprint}): codes of different models cannot be compared. "
-                "Search with the model that built it, or rebuild the index (`rmnet index build --overwrite`)"
-            )
+        _check_model(self.root, self._current.manifest, fingerprint, code_length)
 
     # -- changing it ---------------------------------------------------------------------------
 
-    def add(self, codes: np.ndarray, items: Sequence[IndexItem], *, model_fingerprint: str) -> AddResult:
+    def add(
+        self,
+        codes: np.ndarray,
+        items: Sequence[IndexItem],
+        *,
+        model_fingerprint: str,
+        lock_timeout: float | None = None,
+    ) -> AddResult:
         """Append codes and their items, skipping any image already present (same id or content).
 
-        The change is saved at once, atomically: on failure the index on disk is unchanged.
+        The change is saved at once, atomically: on failure the index on disk is unchanged. A
+        writer in another process makes this one wait (up to ``lock_timeout`` seconds, default
+        the index's); a change it committed meanwhile is kept, and this one applied on top of it.
         """
         codes = np.asarray(codes, dtype=np.float32)
         if codes.ndim != 2 or len(codes) != len(items):
             raise ValueError(f"need one code per item: codes of shape {codes.shape} for {len(items)} items")
         self.check_model(model_fingerprint, codes.shape[1])
-        for item in items:
-            if not 0 <= item.label < len(self.class_names):
-                raise ValueError(
-                    f"image {item.image_id} has label {item.label}, but the index knows "
-                    f"{len(self.class_names)} classes ({', '.join(self.class_names)})"
+        fixed = quantize_codes(codes)
+        return self._write(items, fixed, model_fingerprint, lock_timeout)
+
+    def _write(
+        self,
+        items: Sequence[IndexItem],
+        fixed: np.ndarray,
+        fingerprint: str,
+        lock_timeout: float | None,
+        *,
+        create: bool = False,
+    ) -> AddResult:
+        """Under both locks: catch up with the disk, keep the new items, commit a generation
+        (``create``: the first, empty one of a new index)."""
+        timeout = self.lock_timeout if lock_timeout is None else lock_timeout
+        with self._write_lock, _writer_lock(self.root, timeout):
+            base = self._current
+            if not self._replacing and _generation_on_disk(self.root) != base.generation:
+                log.info(
+                    "index %s was changed by another process: adding to its latest generation", self.root
                 )
-        keep, skipped = self._new_items(items)
-        for image_id, why in skipped:
-            log.info("skipped %s: %s", image_id, why)
-        if not keep:
-            return AddResult([], skipped)
-        now, start = _now(), len(self)
-        rows = [
+                base = self._current = _load_generation(self.root)
+            if items:
+                _check_model(self.root, base.manifest, fingerprint, fixed.shape[1])
+            names = base.manifest["class_names"]
+            for item in items:
+                if not 0 <= item.label < len(names):
+                    raise ValueError(
+                        f"image {item.image_id} has label {item.label}, but the index knows "
+                        f"{len(names)} classes ({', '.join(names)})"
+                    )
+            keep, skipped = _new_items(base, items)
+            for image_id, why in skipped:
+                log.info("skipped %s: %s", image_id, why)
+            if keep or create:
+                self._commit(base, [items[i] for i in keep], fixed[keep])
+            return AddResult([items[i].image_id for i in keep], skipped)
+
+    def _commit(self, base: _Generation, items: list[IndexItem], fixed: np.ndarray) -> None:
+        """Write generation g+1 = ``base`` plus ``items``, commit it, then switch to it."""
+        faiss = _faiss()
+        generation = max(base.generation, _generation_on_disk(self.root)) + 1
+        items_path = self.root / f"items-{generation:06d}.sqlite"
+        vectors_path = self.root / f"vectors-{generation:06d}.faiss"
+        now, start, names = _now(), base.count, base.manifest["class_names"]
+        rows = (
             (
                 start + n,
-                items[i].image_id,
-                items[i].path,
-                int(items[i].label),
-                self.class_names[items[i].label],
-                items[i].content_hash,
-                json.dumps(items[i].metadata, default=str),
+                item.image_id,
+                item.path,
+                int(item.label),
+                names[item.label],
+                item.content_hash,
+                json.dumps(item.metadata, default=str),
                 now,
+                item.cached_path,
             )
-            for n, i in enumerate(keep)
-        ]
-        self._commit(normalize_codes(codes[keep]), rows)
-        return AddResult([items[i].image_id for i in keep], skipped)
-
-    def _new_items(self, items: Sequence[IndexItem]) -> tuple[list[int], list[tuple[str, str]]]:
-        """Positions of the items to add, and (id, reason) of those already present."""
-        known_ids = set(self._lookup("image_id", [item.image_id for item in items]))
-        known_content = self._lookup(
-            "content_hash", [item.content_hash for item in items if item.content_hash]
+            for n, item in enumerate(items)
         )
-        batch_ids: set[str] = set()
-        batch_content: dict[str, str] = {}
-        keep, skipped = [], []
-        for i, item in enumerate(items):
-            if item.image_id in known_ids:
-                skipped.append((item.image_id, "already in the index (same image id)"))
-            elif item.image_id in batch_ids:
-                skipped.append((item.image_id, "listed twice"))
-            elif item.content_hash and item.content_hash in known_content:
-                skipped.append((item.image_id, f"same file content as {known_content[item.content_hash]}"))
-            elif item.content_hash and item.content_hash in batch_content:
-                skipped.append((item.image_id, f"same file content as {batch_content[item.content_hash]}"))
-            else:
-                keep.append(i)
-                batch_ids.add(item.image_id)
-                if item.content_hash:
-                    batch_content[item.content_hash] = item.image_id
-        return keep, skipped
 
-    def _lookup(self, column: str, values: Sequence[str]) -> dict[str, str]:
-        """{value: image_id} for the stored rows whose ``column`` is one of ``values``."""
-        found: dict[str, str] = {}
-        values = list(dict.fromkeys(values))
-        for start in range(0, len(values), 500):  # SQLite limits the parameters of one statement
-            chunk = values[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            query = f"SELECT {column}, image_id FROM items WHERE {column} IN ({marks})"
-            found.update(dict(self._db.execute(query, chunk).fetchall()))
-        return found
-
-    def _commit(self, new_codes: np.ndarray, rows: list[tuple]) -> None:
-        """Write generation g+1 = the current content plus ``new_codes``/``rows``; then switch to it."""
-        with _writer_lock(self.root):
-            on_disk = _read_manifest(self.root)["generation"] if (self.root / MANIFEST).exists() else 0
-            if on_disk != self.generation:
-                raise IndexBusyError(
-                    f"index {self.root} was changed by another process since it was opened "
-                    f"(generation {self.generation} → {on_disk}); open it again"
-                )
-            generation = self.generation + 1
-            items_path = self.root / f"items-{generation:06d}.sqlite"
-            vectors_path = self.root / f"vectors-{generation:06d}.faiss"
-
-            tmp = items_path.with_name(items_path.name + ".tmp")
-            tmp.unlink(missing_ok=True)
+        def write_items(tmp: Path) -> None:
             db = sqlite3.connect(tmp)
             try:
-                self._db.backup(db)
+                with base.lock:
+                    base.db.backup(db)
+                if not base.has_cached_path:  # an index of format 1
+                    db.execute("ALTER TABLE items ADD COLUMN cached_path TEXT")
                 with db:
-                    db.executemany("INSERT INTO items VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                    db.executemany(f"INSERT INTO items ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
             finally:
                 db.close()
-            _replace_durably(tmp, items_path)
+            _fsync(tmp)
 
-            vectors = faiss.clone_index(self._vectors)
-            vectors.add(new_codes)
-            tmp = vectors_path.with_name(vectors_path.name + ".tmp")
+        _write_durably(items_path, write_items)
+
+        vectors = faiss.clone_index(base.vectors)  # the readers' index is never changed
+        if len(fixed):
+            vectors.add((fixed / COSINE_SCALE).astype(np.float32))  # exact: |fixed| < 2^24
+
+        def write_vectors(tmp: Path) -> None:
             faiss.write_index(vectors, str(tmp))
-            _replace_durably(tmp, vectors_path)
+            _fsync(tmp)
 
-            manifest = dict(self._manifest, generation=generation, count=vectors.ntotal, updated=_now())
-            manifest.update(vectors=vectors_path.name, items=items_path.name)
-            tmp = self.root / (MANIFEST + ".tmp")
-            tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-            _replace_durably(tmp, self.root / MANIFEST)  # the commit point
+        _write_durably(vectors_path, write_vectors)
 
-            self._db.close()
-            self._manifest, self._vectors, self._binary = manifest, vectors, None
-            self._db = _connect_read_only(items_path)
-            _remove_stale_files(self.root, keep={vectors_path.name, items_path.name, MANIFEST})
+        manifest = dict(
+            base.manifest,
+            format_version=FORMAT_VERSION,
+            generation=generation,
+            count=vectors.ntotal,
+            updated=now,
+            vectors=vectors_path.name,
+            items=items_path.name,
+        )
+        text = json.dumps(manifest, indent=2) + "\n"
+
+        def write_manifest(tmp: Path) -> None:
+            tmp.write_text(text)
+            _fsync(tmp)
+
+        _write_durably(self.root / MANIFEST, write_manifest)  # the commit point
+
+        self._current = _Generation(manifest, vectors, _connect_read_only(items_path))
+        self._replacing = False
+        _remove_stale_files(self.root, keep={vectors_path.name, items_path.name, MANIFEST})
 
     # -- searching -----------------------------------------------------------------------------
 
@@ -391,64 +426,350 @@ class CodeIndex:
     ) -> list[list[Hit]]:
         """The k nearest indexed images of each query code, nearest first.
 
-        Ties are broken deterministically as in :func:`rmnet.metrics.retrieval.rank_database`: by
-        the cosine distance (for Hamming), then by the order in which images were added. Queries
-        run one at a time on one FAISS thread, the fastest way for a few queries.
+        The ranking is :func:`rmnet.metrics.retrieval.rank_database`'s, to the last tie: exact
+        integer cosine or Hamming distance, ties to the lower row (the image added first).
+        Queries run one at a time, each on one FAISS thread (see :func:`_single_faiss_thread`).
         """
         query_codes = np.asarray(query_codes, dtype=np.float32)
         if query_codes.ndim == 1:
             query_codes = query_codes[None]
-        self.check_model(model_fingerprint, query_codes.shape[1])
-        metric = metric or self.metric
+        current = self._current  # one generation for the whole call, whatever an add does meanwhile
+        _check_model(self.root, current.manifest, model_fingerprint, query_codes.shape[1])
+        metric = metric or current.manifest["metric"]
         if metric not in METRICS:
             raise ValueError(f"unknown retrieval metric {metric!r}; choose one of {', '.join(METRICS)}")
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
-        if not len(self):
+        if not current.count:
             raise ValueError(f"index {self.root} is empty: add images first (`rmnet index add`)")
+        _single_faiss_thread()
         results = []
-        with _single_faiss_thread():
-            for query in normalize_codes(query_codes):
-                rows, distances = self._nearest(query[None], min(k, len(self)), metric)
-                results.append(self._hits(rows, distances))
+        for query in quantize_codes(query_codes):
+            rows, distances = self._nearest(current, query, min(k, current.count), metric)
+            results.append(_hits(current, rows, distances))
         return results
 
-    def _nearest(self, query: np.ndarray, k: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
-        """Rows and distances of the k nearest codes to one normalised query (1, d)."""
-        probe = min(k + 1, len(self))  # one more than asked, to see whether the k-th is tied
-        if metric == "cosine":
-            similarity, rows = (a[0] for a in self._vectors.search(query, probe))
-            if probe > k and similarity[k] >= similarity[k - 1] - _TIE:
-                _, similarity, rows = self._vectors.range_search(query, float(similarity[k - 1]) - _TIE)
-            distance = 1.0 - similarity
-            order = np.lexsort((rows, distance))[:k]
-            return rows[order], distance[order]
-        binary, packed = self._binary_index(), pack_codes(query)
-        hamming, rows = (a[0] for a in binary.search(packed, probe))
-        if probe > k and hamming[k] == hamming[k - 1]:
-            _, hamming, rows = binary.range_search(packed, int(hamming[k - 1]) + 1)
-        cosine_distance = 1.0 - self._vectors.reconstruct_batch(rows) @ query[0]
-        order = np.lexsort((rows, cosine_distance, hamming))[:k]
-        return rows[order], hamming[order].astype(np.float64)
+    @staticmethod
+    def _nearest(
+        current: _Generation, query: np.ndarray, k: int, metric: str
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Rows and distances of the k nearest codes to one integer query code (``quantize_codes``)."""
+        if metric == "hamming":
+            return current.hamming().nearest(query, k)
+        return _nearest_cosine(current.vectors, query, k)
 
-    def _binary_index(self) -> faiss.IndexBinary:
-        if self._binary is None:
-            packed = pack_codes(self.codes())
-            self._binary = faiss.IndexBinaryFlat(packed.shape[1] * 8)
-            self._binary.add(packed)
-        return self._binary
 
-    def _hits(self, rows: np.ndarray, distances: np.ndarray) -> list[Hit]:
-        marks = ",".join("?" * len(rows))
-        query = f"SELECT row, image_id, path, label, class_name, metadata FROM items WHERE row IN ({marks})"
-        found = {r[0]: r for r in self._db.execute(query, [int(r) for r in rows])}
-        hits = []
-        for rank, (row, distance) in enumerate(zip(rows, distances, strict=True), start=1):
-            _, image_id, path, label, class_name, metadata = found[int(row)]
-            hits.append(
-                Hit(rank, int(row), image_id, path, label, class_name, float(distance), json.loads(metadata))
+class _Generation:
+    """One committed state of an index: never changed, so any thread may read it at any time."""
+
+    def __init__(self, manifest: dict[str, Any], vectors: faiss.Index, db: sqlite3.Connection) -> None:
+        self.manifest, self.vectors, self.db = manifest, vectors, db
+        self.lock = threading.Lock()  # one statement at a time on the shared SQLite connection
+        self.has_cached_path = any(r[1] == "cached_path" for r in db.execute("PRAGMA table_info(items)"))
+        self._hamming: _HammingBuckets | _HammingFlat | None = None
+        self._hamming_lock = threading.Lock()
+
+    @property
+    def count(self) -> int:
+        return self.manifest["count"]
+
+    @property
+    def generation(self) -> int:
+        return self.manifest["generation"]
+
+    @property
+    def code_length(self) -> int:
+        return self.manifest["model"]["code_length"]
+
+    def query(self, sql: str, parameters: Sequence[Any] = ()) -> list[tuple]:
+        with self.lock:
+            return self.db.execute(sql, parameters).fetchall()
+
+    def hamming(self) -> _HammingBuckets | _HammingFlat:
+        """The Hamming search structure, derived from the stored codes on first use."""
+        if self._hamming is None:
+            with self._hamming_lock:
+                if self._hamming is None:
+                    bits = _stored_bits(self.vectors)
+                    if self.code_length <= BUCKET_MAX_BITS:
+                        self._hamming = _HammingBuckets(bits)
+                    else:
+                        self._hamming = _HammingFlat(bits)
+        return self._hamming
+
+    def close(self) -> None:
+        with self.lock:
+            self.db.close()
+
+
+# -- exact nearest neighbours --------------------------------------------------------------------
+
+
+def _nearest_cosine(vectors: faiss.Index, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k codes of largest exact integer inner product with ``query``, ties to the lower row.
+
+    FAISS (float32) proposes candidates; its similarities are within ``margin`` of the exact
+    ones, so every code that can be among the k best has a FAISS similarity of at least the k-th
+    FAISS similarity minus 2·margin. The candidates are ranked on the exact integers.
+    """
+    n, d = vectors.ntotal, vectors.d
+    margin = (d + 2) * 2.0**-22  # 4× the float32 error bound of a d-term inner product of unit vectors
+    probe = min(k + _EXTRA, n)
+    grid = (query / COSINE_SCALE).astype(np.float32)[None]
+    similarity, rows = (a[0] for a in vectors.search(grid, probe))
+    floor = float(similarity[k - 1]) - 2 * margin
+    if probe < n and similarity[-1] >= floor:  # the candidates go on beyond what was returned
+        _, similarity, rows = vectors.range_search(grid, floor)
+    keys = (vectors.reconstruct_batch(rows).astype(np.float64) * COSINE_SCALE) @ query.astype(np.float64)
+    order = np.lexsort((rows, -keys))[:k]
+    return rows[order].astype(np.int64), 1.0 - keys[order] / COSINE_SCALE**2
+
+
+class _HammingBuckets:
+    """Exact Hamming search over codes of at most 16 bits, with the code as the bucket key.
+
+    The rows are sorted by code (a stable counting sort: within a bucket, by row); a query reads
+    the buckets at Hamming distance 0, 1, 2… from its code until k rows are certain. At the
+    radius where the k-th row falls, the rows with the lowest numbers among that radius's buckets
+    are taken (the first ones of each bucket suffice, since buckets are in row order).
+    """
+
+    def __init__(self, bits: np.ndarray) -> None:
+        self.bits = bits.shape[1]
+        keys = _keys(bits)
+        self.order = np.argsort(keys, kind="stable")  # radix sort for 16-bit keys: O(n)
+        if len(keys) < 2**31:
+            self.order = self.order.astype(np.int32)
+        counts = np.bincount(keys, minlength=1 << self.bits)
+        self.offsets = np.zeros(len(counts) + 1, np.int64)
+        np.cumsum(counts, out=self.offsets[1:])
+        self.masks = _masks_by_weight(self.bits)
+
+    @property
+    def nbytes(self) -> int:
+        return self.order.nbytes + self.offsets.nbytes
+
+    def nearest(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        key = int(_keys(query[None] > 0)[0])
+        rows, distances, found = [], [], 0
+        for radius, masks in enumerate(self.masks):
+            buckets = key ^ masks
+            starts = self.offsets[buckets]
+            sizes = self.offsets[buckets + 1] - starts
+            total = int(sizes.sum())
+            if not total:
+                continue
+            need = k - found
+            take = np.minimum(sizes, need)
+            found_here = self.order[_ranges(starts, take)]
+            if total > need:  # the k-th result is at this radius: the lowest rows win the tie
+                if len(found_here) > need:
+                    found_here = np.partition(found_here, need - 1)[:need]
+            found_here = np.sort(found_here)
+            rows.append(found_here)
+            distances.append(np.full(len(found_here), radius, np.int64))
+            found += len(found_here)
+            if found >= k:
+                break
+        return np.concatenate(rows).astype(np.int64), np.concatenate(distances)
+
+
+class _HammingFlat:
+    """Exact Hamming search with faiss.IndexBinaryFlat (codes longer than 16 bits), ties to the
+    lower row: every code at the k-th distance is fetched (a range search when FAISS's top list
+    ends inside that group) before the tie is broken."""
+
+    def __init__(self, bits: np.ndarray) -> None:
+        packed = np.packbits(bits, axis=1)
+        self.index = _faiss().IndexBinaryFlat(packed.shape[1] * 8)
+        self.index.add(packed)
+
+    @property
+    def nbytes(self) -> int:
+        return self.index.ntotal * self.index.code_size
+
+    def nearest(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        n = self.index.ntotal
+        packed = pack_codes(query[None])
+        probe = min(k + _EXTRA, n)
+        distances, rows = (a[0] for a in self.index.search(packed, probe))
+        bound = int(distances[k - 1])
+        if probe < n and int(distances[-1]) <= bound:  # the tied group may go on beyond the list
+            _, distances, rows = self.index.range_search(packed, bound + 1)  # all at distance <= bound
+        distances = distances.astype(np.int64)
+        order = np.lexsort((rows, distances))[:k]
+        return rows[order].astype(np.int64), distances[order]
+
+
+def _keys(bits: np.ndarray) -> np.ndarray:
+    """Each row of bits (≤ 16) as one integer, first bit highest (the order of np.packbits)."""
+    keys = np.zeros(len(bits), np.uint32)
+    for column in bits.T:
+        keys = (keys << 1) | column
+    return keys.astype(np.uint16)
+
+
+@lru_cache(maxsize=4)
+def _masks_by_weight(bits: int) -> list[np.ndarray]:
+    """All ``bits``-bit masks, grouped by their number of set bits (0, 1, … bits)."""
+    masks = np.arange(1 << bits, dtype=np.int64)
+    weight = np.bitwise_count(masks)
+    return [masks[weight == w] for w in range(bits + 1)]
+
+
+def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """The indices start_i, start_i + 1, …, start_i + length_i − 1 of every range, concatenated."""
+    total = int(lengths.sum())
+    ends = np.cumsum(lengths)
+    return np.repeat(starts - (ends - lengths), lengths) + np.arange(total)
+
+
+def _stored_bits(vectors: faiss.Index, block: int = 1 << 20) -> np.ndarray:
+    """The sign bits (N, d) of the stored codes, read in blocks (no full float copy)."""
+    n, d = vectors.ntotal, vectors.d
+    bits = np.empty((n, d), bool)
+    for start in range(0, n, block):
+        stop = min(n, start + block)
+        bits[start:stop] = vectors.reconstruct_n(start, stop - start) > 0
+    return bits
+
+
+# -- reading an index ----------------------------------------------------------------------------
+
+
+def _hits(current: _Generation, rows: np.ndarray, distances: np.ndarray) -> list[Hit]:
+    marks = ",".join("?" * len(rows))
+    cached = "cached_path" if current.has_cached_path else "NULL"
+    query = (
+        f"SELECT row, image_id, path, label, class_name, metadata, {cached} FROM items WHERE row IN ({marks})"
+    )
+    found = {r[0]: r for r in current.query(query, [int(r) for r in rows])}
+    hits = []
+    for rank, (row, distance) in enumerate(zip(rows, distances, strict=True), start=1):
+        _, image_id, path, label, class_name, metadata, cached_path = found[int(row)]
+        hits.append(
+            Hit(
+                rank,
+                int(row),
+                image_id,
+                path,
+                label,
+                class_name,
+                float(distance),
+                json.loads(metadata),
+                cached_path,
             )
-        return hits
+        )
+    return hits
+
+
+def _new_items(base: _Generation, items: Sequence[IndexItem]) -> tuple[list[int], list[tuple[str, str]]]:
+    """Positions of the items to add, and (id, reason) of those already present."""
+    known_ids = set(_lookup(base, "image_id", [item.image_id for item in items]))
+    known_content = _lookup(base, "content_hash", [item.content_hash for item in items if item.content_hash])
+    batch_ids: set[str] = set()
+    batch_content: dict[str, str] = {}
+    keep, skipped = [], []
+    for i, item in enumerate(items):
+        if item.image_id in known_ids:
+            skipped.append((item.image_id, "already in the index (same image id)"))
+        elif item.image_id in batch_ids:
+            skipped.append((item.image_id, "listed twice"))
+        elif item.content_hash and item.content_hash in known_content:
+            skipped.append((item.image_id, f"same file content as {known_content[item.content_hash]}"))
+        elif item.content_hash and item.content_hash in batch_content:
+            skipped.append((item.image_id, f"same file content as {batch_content[item.content_hash]}"))
+        else:
+            keep.append(i)
+            batch_ids.add(item.image_id)
+            if item.content_hash:
+                batch_content[item.content_hash] = item.image_id
+    return keep, skipped
+
+
+def _lookup(base: _Generation, column: str, values: Sequence[str]) -> dict[str, str]:
+    """{value: image_id} for the stored rows whose ``column`` is one of ``values``."""
+    found: dict[str, str] = {}
+    if not base.count:
+        return found
+    values = list(dict.fromkeys(values))
+    for start in range(0, len(values), 500):  # SQLite limits the parameters of one statement
+        chunk = values[start : start + 500]
+        marks = ",".join("?" * len(chunk))
+        found.update(
+            dict(base.query(f"SELECT {column}, image_id FROM items WHERE {column} IN ({marks})", chunk))
+        )
+    return found
+
+
+def _check_model(root: Path, manifest: dict[str, Any], fingerprint: str, code_length: int | None) -> None:
+    model = _model_identity(manifest)
+    if code_length is not None and code_length != model.code_length:
+        raise IndexMismatchError(
+            f"the codes have {code_length} dimensions, but index {root} holds "
+            f"{describe_codes(model)} of model {model.fingerprint} ({model.description}); "
+            "use that model, or rebuild the index with this one (`rmnet index build --overwrite`)"
+        )
+    if fingerprint != model.fingerprint:
+        where = f", {model.checkpoint}" if model.checkpoint else ""
+        raise IndexMismatchError(
+            f"index {root} was built with model {model.fingerprint} ({model.description}{where}), "
+            f"not with this model ({fingerprint}): codes of different models cannot be compared. "
+            "Search with the model that built it, or rebuild the index (`rmnet index build --overwrite`)"
+        )
+
+
+def _model_identity(manifest: dict[str, Any]) -> ModelIdentity:
+    known = ModelIdentity.__dataclass_fields__
+    return ModelIdentity(**{key: value for key, value in manifest["model"].items() if key in known})
+
+
+def _load_generation(root: Path, attempts: int = 5) -> _Generation:
+    """The generation the manifest names, checked; read again if a writer replaced it meanwhile."""
+    for attempt in range(attempts):
+        manifest = _read_manifest(root)
+        try:
+            return _load(root, manifest)
+        except IndexCorruptError:
+            if attempt == attempts - 1 or _generation_on_disk(root) == manifest["generation"]:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _load(root: Path, manifest: dict[str, Any]) -> _Generation:
+    faiss = _faiss()
+    vectors_path, items_path = root / manifest["vectors"], root / manifest["items"]
+    for path in (vectors_path, items_path):
+        if not path.is_file():
+            raise IndexCorruptError(
+                f"index {root} is missing {path.name}, named by its manifest; the folder was changed "
+                "outside rmnet: rebuild it with `rmnet index build`"
+            )
+    try:
+        vectors = faiss.read_index(str(vectors_path))
+        db = _connect_read_only(items_path)
+        rows, first, last = db.execute("SELECT COUNT(*), MIN(row), MAX(row) FROM items").fetchone()
+    except (RuntimeError, sqlite3.DatabaseError) as err:
+        raise IndexCorruptError(
+            f"index {root} cannot be read ({err}); rebuild it with `rmnet index build`"
+        ) from err
+    count, length = manifest["count"], manifest["model"]["code_length"]
+    problems = []
+    if vectors.ntotal != count or rows != count:
+        problems.append(
+            f"the manifest counts {count} items, {vectors_path.name} holds {vectors.ntotal} vectors "
+            f"and {items_path.name} {rows} rows"
+        )
+    elif count and (first, last) != (0, count - 1):
+        problems.append(f"rows are numbered {first}..{last}, not 0..{count - 1}")
+    if vectors.d != length:
+        problems.append(f"vectors have {vectors.d} dimensions, the model's codes {length}")
+    if problems:
+        db.close()
+        raise IndexCorruptError(
+            f"index {root} is inconsistent ({'; '.join(problems)}); rebuild it with `rmnet index build`"
+        )
+    return _Generation(manifest, vectors, db)
 
 
 def _read_manifest(root: Path) -> dict[str, Any]:
@@ -473,14 +794,23 @@ def _read_manifest(root: Path) -> dict[str, Any]:
     return manifest
 
 
+def _generation_on_disk(root: Path) -> int:
+    """The generation the manifest on disk names (0 when there is none yet)."""
+    return _read_manifest(root)["generation"] if (root / MANIFEST).exists() else 0
+
+
 def _connect_read_only(path: Path) -> sqlite3.Connection:
-    return sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    """A read-only connection that any thread may use (callers serialise it: _Generation.lock)."""
+    return sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False)
 
 
-def _replace_durably(tmp: Path, path: Path) -> None:
-    """Flush ``tmp`` to disk, rename it to ``path`` (atomic), and flush the folder entry."""
-    _fsync(tmp)
-    os.replace(tmp, path)
+# -- writing an index ----------------------------------------------------------------------------
+
+
+def _write_durably(path: Path, write) -> None:
+    """``write(tmp)`` (which flushes the file to disk), rename to ``path`` atomically, flush the
+    folder entry: after a crash the file is whole, old or new."""
+    atomic_write(path, write)
     _fsync(path.parent)
 
 
@@ -501,34 +831,55 @@ def _remove_stale_files(root: Path, keep: set[str]) -> None:
 
 
 @contextlib.contextmanager
-def _single_faiss_thread() -> Iterator[None]:
-    """Run FAISS on one thread: a single query gains nothing from OpenMP and, on a busy CPU, waits
-    for descheduled threads at every barrier (10-100× slower in benchmarks/retrieval_index.py)."""
-    threads = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    try:
-        yield
-    finally:
-        faiss.omp_set_num_threads(threads)
-
-
-@contextlib.contextmanager
-def _writer_lock(root: Path) -> Iterator[None]:
-    """Hold an exclusive lock on the index folder (released by the OS if the process dies)."""
+def _writer_lock(root: Path, timeout: float) -> Iterator[None]:
+    """Hold an exclusive lock on the index folder (released by the OS if the process dies),
+    waiting up to ``timeout`` seconds for another writer to finish."""
     if fcntl is None:
         yield
         return
+    root.mkdir(parents=True, exist_ok=True)
     with open(root / ".lock", "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as err:
-            raise IndexBusyError(
-                f"another process is writing index {root}; try again when it has finished"
-            ) from err
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError as err:
+                if time.monotonic() >= deadline:
+                    raise IndexBusyError(
+                        f"another process has been writing index {root} for more than {timeout:g} s; "
+                        "try again when it has finished, or wait longer (--lock-timeout)"
+                    ) from err
+                time.sleep(_LOCK_POLL)
         try:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+# -- FAISS ---------------------------------------------------------------------------------------
+
+_threads = threading.local()
+
+
+def _faiss():
+    """FAISS, imported on first use (``import rmnet.retrieval`` does not load it)."""
+    import faiss
+
+    return faiss
+
+
+def _single_faiss_thread() -> None:
+    """Run this thread's FAISS calls on one OpenMP thread, set once per thread, never restored.
+
+    A single query gains nothing from OpenMP and, on a busy CPU, waits for descheduled threads at
+    every barrier (a 100k flat search: 0.3 ms on one thread, 28 ms on two, in
+    benchmarks/retrieval_index.py). OpenMP keeps this setting per thread, so it is made once in
+    each thread that searches (a service's worker threads included) and other threads keep theirs.
+    """
+    if not getattr(_threads, "single", False):
+        _faiss().omp_set_num_threads(1)
+        _threads.single = True
 
 
 def _now() -> str:

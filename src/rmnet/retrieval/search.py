@@ -1,17 +1,20 @@
-"""Similar-case search: a run's model embeds image files; the index returns their nearest cases.
+"""Similar-case search: a run's model embeds images; the index returns their nearest cases.
 
-    build_index(run_dir, out_dir)          embed a part of the run's split (the training set by default)
-    ImageEncoder.from_run(run_dir)         the model + eval transform + class names of a run
-    search_images(encoder, index, paths)   predicted diagnosis and top-k cases of each image
-    add_images(encoder, index, paths, label)
+    build_index(run_dir, out_dir)               embed a part of the run's split (the training set)
+    ImageEncoder.from_run(run_dir)              the model + eval transform + class names of a run
+    search_images(encoder, index, paths)        predicted diagnosis and top-k cases of image files
+    search_bytes(encoder, index, blobs)         the same for encoded images in memory (a service)
+    add_images(encoder, index, paths, label)    add_bytes(encoder, index, blobs, ids, label)
 
 Query images of any size or mode go through the run's eval transform (resize, centre crop,
-normalise) after conversion to RGB. An unreadable file is reported, not fatal to the others.
+normalise) after conversion to upright RGB. An unreadable file is reported, not fatal to the
+others; unreadable bytes raise :class:`~rmnet.data.images.UnreadableImageError` naming them.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -21,19 +24,24 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from PIL import Image, ImageOps
 from torch import nn
 from tqdm.auto import tqdm
 
 from rmnet.data.images import UnreadableImageError, is_image_file, open_rgb
+from rmnet.models.base import unwrap
 from rmnet.retrieval.codes import embed_dataset, model_fingerprint
-from rmnet.retrieval.index import AddResult, CodeIndex, Hit, IndexItem, ModelIdentity
+from rmnet.retrieval.index import DEFAULT_LOCK_TIMEOUT, AddResult, CodeIndex, Hit, IndexItem, ModelIdentity
 
 
 @dataclass
 class SearchResult:
-    """One query image: the classifier's diagnosis and the most similar indexed cases."""
+    """One query image: the classifier's diagnosis and the most similar indexed cases.
 
-    query: Path
+    ``query`` is the file searched for, or the name given to an image passed as bytes.
+    """
+
+    query: Path | str
     predicted_label: int
     predicted_class: str
     probability: float
@@ -43,6 +51,7 @@ class SearchResult:
     def to_dict(self) -> dict[str, Any]:
         return {
             "query": str(self.query),
+            "predicted_label": self.predicted_label,
             "predicted_class": self.predicted_class,
             "probability": self.probability,
             "metric": self.metric,
@@ -51,7 +60,11 @@ class SearchResult:
 
 
 class ImageEncoder:
-    """A trained model with its eval transform: image files → retrieval codes and class probabilities."""
+    """A trained model with its eval transform: images → retrieval codes and class probabilities.
+
+    Thread-safe for inference: any number of threads may encode at once (the model stays in eval
+    mode and nothing is cached between calls).
+    """
 
     def __init__(
         self,
@@ -64,13 +77,12 @@ class ImageEncoder:
         run: str | None = None,
         checkpoint: str | None = None,
     ) -> None:
-        if not hasattr(model, "forward_codes"):
-            raise TypeError(f"{type(model).__name__} has no forward_codes(): it cannot make retrieval codes")
+        model = unwrap(model)  # a clear TypeError for a model that is not an rmnet ImageClassifier
         self.model = model.eval().to(device)
         self.transform, self.class_names, self.device = transform, list(class_names), torch.device(device)
         self.fingerprint = model_fingerprint(model)
-        code_length = getattr(model, "hash_bits", None) or getattr(model, "num_features", None)
-        self.identity = ModelIdentity(self.fingerprint, code_length, description, run, checkpoint)
+        kind = "features" if model.hash_bits is None else "hash"
+        self.identity = ModelIdentity(self.fingerprint, model.code_length, description, run, checkpoint, kind)
 
     # -- glue to rmnet.runs: a run folder gives the model, its eval transform and its classes -----
     @classmethod
@@ -81,12 +93,10 @@ class ImageEncoder:
         from rmnet.data import build_transform
         from rmnet.runs import Run, load_checkpoint
 
-        if checkpoint not in ("best", "last"):
-            raise ValueError(f"checkpoint must be 'best' or 'last', got {checkpoint!r}")
-        run = Run(run_dir)
-        path = run.best_checkpoint if checkpoint == "best" else run.last_checkpoint
+        run = Run(run_dir, checkpoint=checkpoint)
+        path = run.checkpoint
         model, config, class_names = load_checkpoint(path)
-        transform = build_transform(False, config.image_size, resize=config.resize)
+        transform = build_transform(False, config.input_size(), resize=config.resize_short_edge())
         description = f"{config.arch} rm={config.rm} hash_bits={config.hash_bits} loss={config.loss}"
         return cls(
             model,
@@ -108,36 +118,109 @@ class ImageEncoder:
         readable, codes, probabilities, failed = [], [], [], []
         paths = [Path(p) for p in paths]
         for start in range(0, len(paths), batch_size):
-            tensors = []
+            images = []
             for path in paths[start : start + batch_size]:
                 try:
-                    tensors.append(self.transform(open_rgb(path)))
+                    images.append(open_rgb(path))
                     readable.append(path)
                 except UnreadableImageError as err:
                     failed.append((path, str(err)))
-            if not tensors:
-                continue
+            if images:
+                batch_codes, batch_probabilities = self.encode_images(images, batch_size)
+                codes.append(batch_codes)
+                probabilities.append(batch_probabilities)
+        if not readable:
+            return [], *self._empty(), failed
+        return readable, np.concatenate(codes), np.concatenate(probabilities), failed
+
+    def encode_images(
+        self, images: Sequence[Image.Image], batch_size: int = 32
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Codes (N, code_length) and class probabilities (N, classes) of decoded images.
+
+        Images are converted to RGB; they are taken as upright (decode files with
+        :func:`rmnet.data.images.open_rgb`, or bytes with :meth:`encode_bytes`, to apply EXIF).
+        """
+        codes, probabilities = [], []
+        for start in range(0, len(images), batch_size):
+            batch = [
+                image if image.mode == "RGB" else image.convert("RGB")
+                for image in images[start : start + batch_size]
+            ]
+            tensors = torch.stack([self.transform(image) for image in batch]).to(self.device)
             with torch.inference_mode():
-                batch_codes, logits = self.model.forward_codes(torch.stack(tensors).to(self.device))
+                batch_codes, logits = self.model.forward_codes(tensors)
             codes.append(batch_codes.float().cpu().numpy())
             probabilities.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
-        if not readable:
-            empty = np.zeros((0, self.identity.code_length), np.float32)
-            return [], empty, np.zeros((0, len(self.class_names)), np.float32), failed
-        return readable, np.concatenate(codes), np.concatenate(probabilities), failed
+        if not codes:
+            return self._empty()
+        return np.concatenate(codes), np.concatenate(probabilities)
+
+    def encode_bytes(
+        self, blobs: Sequence[bytes], *, names: Sequence[str] | None = None, batch_size: int = 32
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Codes and class probabilities of encoded images (JPEG, PNG… file contents) in memory.
+
+        Raises :class:`UnreadableImageError` naming every blob that is not a readable image
+        (by ``names``, or "image 1", "image 2"…) before anything is embedded. No file is written.
+        """
+        return self.encode_images(decode_images(blobs, names), batch_size)
+
+    def _empty(self) -> tuple[np.ndarray, np.ndarray]:
+        return (
+            np.zeros((0, self.identity.code_length), np.float32),
+            np.zeros((0, len(self.class_names)), np.float32),
+        )
+
+
+def decode_image(data: bytes, name: str = "image") -> Image.Image:
+    """Encoded image bytes → upright RGB picture (EXIF orientation applied), like ``open_rgb``."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"{name}: expected the bytes of an image file, got {type(data).__name__}")
+    if not len(data):
+        raise UnreadableImageError(f"cannot read image {name}: it is empty (0 bytes)")
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            ImageOps.exif_transpose(image, in_place=True)
+            return image if image.mode == "RGB" else image.convert("RGB")
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        raise UnreadableImageError(f"cannot read image {name}: {err}") from err
+
+
+def decode_images(blobs: Sequence[bytes], names: Sequence[str] | None = None) -> list[Image.Image]:
+    """Every blob decoded; one UnreadableImageError naming all that are not readable images."""
+    names = list(names) if names is not None else [f"image {i}" for i in range(1, len(blobs) + 1)]
+    if len(names) != len(blobs):
+        raise ValueError(f"{len(blobs)} images but {len(names)} names")
+    images, problems = [], []
+    for data, name in zip(blobs, names, strict=True):
+        try:
+            images.append(decode_image(data, name))
+        except UnreadableImageError as err:
+            problems.append(str(err))
+    if problems:
+        raise UnreadableImageError(
+            f"{len(problems)} of {len(blobs)} images could not be read: {'; '.join(problems)}"
+        )
+    return images
 
 
 def open_searchable_index(
-    index_dir: str | os.PathLike, run_dir: str | os.PathLike | None = None, device: str = "cpu"
+    index_dir: str | os.PathLike,
+    run_dir: str | os.PathLike | None = None,
+    device: str | torch.device = "cpu",
+    *,
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
 ) -> tuple[CodeIndex, ImageEncoder]:
     """The index and the model that built it (from the run its manifest names, or ``run_dir``)."""
-    index = CodeIndex.open(index_dir)
+    index = CodeIndex.open(index_dir, lock_timeout=lock_timeout)
     model = index.model
     if run_dir is None and (model.run is None or not Path(model.run).is_dir()):
         where = (
             f"was built from run {model.run}, which is not there any more" if model.run else "names no run"
         )
-        raise ValueError(f"index {index_dir} {where}; pass --run RUN_DIR (the run that built it)")
+        raise ValueError(f"index {index_dir} {where}; pass --run RUN (the run that built it)")
     checkpoint = "last" if model.checkpoint and Path(model.checkpoint).name == "last.pt" else "best"
     encoder = ImageEncoder.from_run(run_dir or model.run, checkpoint, device)
     index.check_model(encoder.fingerprint, encoder.identity.code_length)
@@ -152,19 +235,45 @@ def search_images(
     metric: str | None = None,
     batch_size: int = 32,
 ) -> tuple[list[SearchResult], list[tuple[Path, str]]]:
-    """Predicted diagnosis and the k most similar indexed cases of each readable image."""
+    """Predicted diagnosis and the k most similar indexed cases of each readable image file."""
     readable, codes, probabilities, failed = encoder.encode(paths, batch_size)
     if not readable:
         return [], failed
+    return _results(encoder, index, readable, codes, probabilities, k, metric), failed
+
+
+def search_bytes(
+    encoder: ImageEncoder,
+    index: CodeIndex,
+    blobs: Sequence[bytes],
+    *,
+    names: Sequence[str] | None = None,
+    k: int = 10,
+    metric: str | None = None,
+    batch_size: int = 32,
+) -> list[SearchResult]:
+    """Predicted diagnosis and the k most similar cases of images given as encoded bytes.
+
+    ``SearchResult.query`` is the image's name (``names``, or "image 1"…). Raises
+    UnreadableImageError, naming them, when some blobs are not readable images.
+    """
+    names = list(names) if names is not None else [f"image {i}" for i in range(1, len(blobs) + 1)]
+    codes, probabilities = encoder.encode_bytes(blobs, names=names, batch_size=batch_size)
+    if not len(codes):
+        return []
+    return _results(encoder, index, names, codes, probabilities, k, metric)
+
+
+def _results(encoder, index, queries, codes, probabilities, k, metric) -> list[SearchResult]:
     metric = metric or index.metric
     hits = index.search(codes, k, model_fingerprint=encoder.fingerprint, metric=metric)
     results = []
-    for path, p, image_hits in zip(readable, probabilities, hits, strict=True):
+    for query, p, image_hits in zip(queries, probabilities, hits, strict=True):
         label = int(p.argmax())
         results.append(
-            SearchResult(path, label, encoder.class_names[label], float(p[label]), metric, image_hits)
+            SearchResult(query, label, encoder.class_names[label], float(p[label]), metric, image_hits)
         )
-    return results, failed
+    return results
 
 
 def add_images(
@@ -173,6 +282,8 @@ def add_images(
     paths: Sequence[str | os.PathLike],
     label: int,
     batch_size: int = 32,
+    *,
+    lock_timeout: float | None = None,
 ) -> tuple[AddResult, list[tuple[Path, str]]]:
     """Embed image files of one diagnosis and append them (id = file name without extension)."""
     readable, codes, _, failed = encoder.encode(paths, batch_size)
@@ -182,7 +293,40 @@ def add_images(
     ]
     if not items:
         return AddResult([], []), failed
-    return index.add(codes, items, model_fingerprint=encoder.fingerprint), failed
+    return index.add(codes, items, model_fingerprint=encoder.fingerprint, lock_timeout=lock_timeout), failed
+
+
+def add_bytes(
+    encoder: ImageEncoder,
+    index: CodeIndex,
+    blobs: Sequence[bytes],
+    *,
+    ids: Sequence[str],
+    label: int,
+    metadata: Sequence[dict[str, Any]] | None = None,
+    batch_size: int = 32,
+    lock_timeout: float | None = None,
+) -> AddResult:
+    """Embed encoded images of one diagnosis and append them under ``ids`` (no file path stored).
+
+    Their content hash is the SHA-256 of the bytes, as for a file with the same content, so a
+    copy of an indexed file is recognised. Raises UnreadableImageError before adding anything
+    when some blobs are not readable images.
+    """
+    if len(ids) != len(blobs) or (metadata is not None and len(metadata) != len(blobs)):
+        raise ValueError(f"need one id (and one metadata dict, if any) per image: {len(blobs)} images")
+    codes, _ = encoder.encode_bytes(blobs, names=ids, batch_size=batch_size)
+    items = [
+        IndexItem(
+            image_id,
+            label,
+            None,
+            hashlib.sha256(data).hexdigest(),
+            dict(metadata[i]) if metadata is not None else {"source": "rmnet add_bytes"},
+        )
+        for i, (image_id, data) in enumerate(zip(ids, blobs, strict=True))
+    ]
+    return index.add(codes, items, model_fingerprint=encoder.fingerprint, lock_timeout=lock_timeout)
 
 
 def build_index(
@@ -193,18 +337,25 @@ def build_index(
     checkpoint: str = "best",
     metric: str = "cosine",
     batch_size: int = 64,
-    device: str = "cpu",
+    device: str | torch.device = "cpu",
     workers: int = 0,
     overwrite: bool = False,
+    data: str | os.PathLike | None = None,
+    cache: str | os.PathLike | None = None,
 ) -> tuple[CodeIndex, AddResult, list[tuple[str, Path, str]]]:
     """Embed one part of a run's split (the paper's database: "train") into a new index at ``out_dir``.
+
+    ``data`` and ``cache`` point the run at its images when they moved since training (checked
+    against the split's image ids). When the run reads a resized cache, the codes come from the
+    cached copies (as in training) but the index stores the original files' paths and content
+    hashes, so that adding an original again is recognised as a duplicate.
 
     Returns the index, what was added or skipped as a duplicate, and the unreadable images.
     """
     from rmnet.data import ImageDataset
-    from rmnet.runs import Run
+    from rmnet.runs import Run, load_table
 
-    run = Run(run_dir)
+    run = Run(run_dir, checkpoint=checkpoint, data=data, cache=cache)
     encoder = ImageEncoder.from_run(run.dir, checkpoint, device)
     table = run.table
     if table.class_names != encoder.class_names:
@@ -212,21 +363,27 @@ def build_index(
             f"the data of run {run.dir} has classes {table.class_names}, its checkpoint "
             f"{encoder.class_names}: the data folder changed since training"
         )
+    originals = table if run.config.cache is None else load_table(run.config.replace(cache=None))
+    if originals.ids != table.ids:
+        raise ValueError(f"the cache {run.config.cache} does not list the images of {run.config.data}")
     index = CodeIndex.create(
         out_dir, model=encoder.identity, class_names=encoder.class_names, metric=metric, overwrite=overwrite
     )
-    dataset = ImageDataset(table, getattr(run.split, part), encoder.transform, on_error="skip")
+    dataset = ImageDataset(table, run.split.part(part), encoder.transform, on_error="skip")
     codes, _ = embed_dataset(encoder.model, dataset, batch_size, device, num_workers=workers)
-    items = [
-        IndexItem(
-            table.ids[i],
-            int(table.labels[i]),
-            str(table.paths[i].resolve()),
-            file_sha256(table.paths[i]),
-            _metadata(table, i),
+    items = []
+    for i in tqdm(dataset.indices, desc="hashing files", unit="file", leave=False):
+        original, cached = originals.paths[i], table.paths[i]
+        items.append(
+            IndexItem(
+                table.ids[i],
+                int(table.labels[i]),
+                str(Path(original).resolve()),
+                _sha256_or_none(original),
+                _metadata(table, i),
+                str(Path(cached).resolve()) if cached != original else None,
+            )
         )
-        for i in tqdm(dataset.indices, desc="hashing files", unit="file", leave=False)
-    ]
     added = index.add(codes, items, model_fingerprint=encoder.fingerprint)
     return index, added, dataset.skipped
 
@@ -238,6 +395,13 @@ def file_sha256(path: str | os.PathLike) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def _sha256_or_none(path: str | os.PathLike) -> str | None:
+    try:
+        return file_sha256(path)
+    except OSError:  # the original is gone (only its cached copy is left): no duplicate check
+        return None
 
 
 def image_files(paths: Sequence[str | os.PathLike]) -> list[Path]:
