@@ -6,7 +6,6 @@ through :func:`infer`, so batching, devices, progress and eval mode are handled 
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
 
@@ -14,18 +13,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from rmnet.io import resolve_device
+from rmnet.io import progress_bar, resolve_device
 from rmnet.models.base import ImageClassifier, unwrap
 
 # A view maps a batch of images and the dataset index of its first image to the images to run.
 View = Callable[[torch.Tensor, int], torch.Tensor]
-
-
-def progress_bar(iterable: Iterable, desc: str, enabled: bool = True, **options) -> Iterable:
-    """A tqdm bar on a terminal; nothing in a log file or a pipe (no carriage-return noise)."""
-    from tqdm.auto import tqdm
-
-    return tqdm(iterable, desc=desc, leave=False, disable=not (enabled and sys.stderr.isatty()), **options)
 
 
 @dataclass

@@ -7,7 +7,8 @@ can use these without loading PyTorch.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -68,3 +69,10 @@ def format_percent(value: float | None, digits: int = 2) -> str:
     if value is None or value != value:
         return "–"
     return f"{100 * value:.{digits}f}"
+
+
+def progress_bar(iterable: Iterable, desc: str, enabled: bool = True, **options: Any) -> Iterable:
+    """A tqdm bar on a terminal; nothing in a log file or a pipe (no carriage-return noise)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, desc=desc, leave=False, disable=not (enabled and sys.stderr.isatty()), **options)

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from rmnet import __version__
 from rmnet.config import TrainConfig, build_model
 from rmnet.data import SKIPPED_FILE, load_split, make_split, save_skipped, save_split
-from rmnet.inference import progress_bar
+from rmnet.io import progress_bar
 from rmnet.metrics.classification import classification_report, predict_labels
 from rmnet.models import model_entry
 from rmnet.objectives import build_objective, class_weights_from_counts
@@ -522,7 +522,9 @@ def train(
     train_set = split_dataset(config, table, split, "train", train=True)
     val_set = split_dataset(config, table, split, "val", train=False)
     if is_main and config.on_error == "skip":  # the images left out (each also named in a warning)
-        save_skipped(out_dir / SKIPPED_FILE, {"train": train_set.skipped, "val": val_set.skipped})
+        test_set = split_dataset(config, table, split, "test", train=False)  # checked now, not at evaluation
+        parts = {"train": train_set, "val": val_set, "test": test_set}
+        save_skipped(out_dir / SKIPPED_FILE, {part: dataset.skipped for part, dataset in parts.items()})
     return fit(
         config,
         train_set,

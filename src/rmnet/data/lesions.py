@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm.auto import tqdm
 
 from rmnet.data.files import claim_folder, save_image_atomically
+from rmnet.io import progress_bar
 
 LESION_KINDS = ("regular", "lobed", "globules", "streaks", "network", "two_tone")
 _SUPERSAMPLE = 3  # drawn at 3× and downsampled, for smooth edges
@@ -179,7 +179,7 @@ def make_lesion_dataset(
         recipe["orientation_range"] = orientation_range
     claim_folder(out_dir, "lesions.json", recipe)
     jobs = [(c, kind, i) for c, kind in enumerate(recipe["classes"]) for i in range(n_per_class)]
-    for c, kind, i in tqdm(jobs, desc="lesion images", leave=False):
+    for c, kind, i in progress_bar(jobs, "lesion images"):
         path = out_dir / kind / f"{kind}_{i:04d}.png"
         if not path.exists():
             pixels = render_lesion(kind, size, np.random.default_rng([seed, c, i]), orientation_range)
