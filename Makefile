@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench
+.PHONY: demo test lint bench serve
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -12,6 +12,10 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(VENV)/bin/rmnet demo
+
+# The CAD page on the demo's lesions (run `make demo` first): http://127.0.0.1:8000/
+serve: $(STAMP)
+	$(VENV)/bin/rmnet serve runs/demo --index runs/demo/index
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
