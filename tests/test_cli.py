@@ -2,14 +2,29 @@
 
 import dataclasses
 import json
+import shutil
+import signal
 import subprocess
 import sys
+from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
+import torch
 
 from rmnet.cli import build_parser, main
 from rmnet.config import TrainConfig
-from rmnet.data import make_lesion_dataset
+from rmnet.data import (
+    ImageDataset,
+    load_image_table,
+    make_lesion_dataset,
+    make_split,
+    read_skipped,
+    save_split,
+)
+from rmnet.evaluate import predict
+from rmnet.runs import Run
 
 TINY = ["--arch", "small_cnn", "--model-options", '{"width": 8}', "--image-size", "16", "--batch-size", "8"]
 TINY += ["--workers", "0", "--quiet"]
@@ -44,17 +59,24 @@ def test_every_config_field_has_a_command_line_option_that_sets_it():
     assert not hasattr(args, "epochs")  # options not given keep the config's value
 
 
-def test_train_evaluate_and_resume_through_the_command_line(lesions, tmp_path, capsys):
+def test_train_and_evaluate_through_the_command_line(lesions, tmp_path, capsys):
     run = tmp_path / "run"
-    assert main(["train", "--data", str(lesions), "--out", str(run), "--epochs", "1", *TINY]) == 0
+    argv = ["train", "--data", str(lesions), "--out", str(run), "--epochs", "1", "--rm", "all", *TINY]
+    assert main(argv) == 0
     assert (run / "checkpoints/best.pt").is_file()
     assert "next: rmnet evaluate" in capsys.readouterr().out
 
     assert main(["evaluate", str(run), "--sweep-step", "90", "--no-tsne", "--device", "cpu", "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "accuracy, 90°" in out and f"report: {run / 'report' / 'report.md'}" in out
-    rotation = json.loads((run / "report/report.json").read_text())["rotation"]
-    assert [row["angle"] for row in rotation["angles"]] == [0, 90, 180, 270, "random"]
+    report = json.loads((run / "report/report.json").read_text())
+    rows = {row["angle"]: row for row in report["rotation"]["angles"]}
+    assert list(rows) == [0, 90, 180, 270, "random"]
+    # RM over the whole trunk is invariant to quarter turns: not one prediction changes.
+    for angle in (90, 180, 270):
+        assert rows[angle]["changed"] == 0.0 and rows[angle]["accuracy"] == rows[0]["accuracy"]
+    assert report["rotation"]["sweep"]["changed"] == [0.0] * 5
+    assert 0.0 <= rows["random"]["changed"] <= 1.0 and rows[0]["changed"] == 0.0
 
     # A checkpoint file on a folder of images: every image is evaluated.
     checkpoint = str(run / "checkpoints/best.pt")
@@ -62,10 +84,129 @@ def test_train_evaluate_and_resume_through_the_command_line(lesions, tmp_path, c
     assert main([*argv, "--sweep-step", "180", "--no-tsne", "--quiet"]) == 0
     assert json.loads((tmp_path / "file-report/report.json").read_text())["data"]["images"] == 24
 
-    # An interrupted (or finished) run continues from last.pt, with the run's own config.
+    # --checkpoint last evaluates last.pt. Make best.pt a different model first: one that always
+    # predicts a class that the last model does not always predict, so the two cannot agree by chance.
+    last = predict(Run(run).load_model("last"), Run(run).dataset("test"), device="cpu")
+    forced = next(c for c in range(3) if (last.y_pred != c).any())
+    best = torch.load(run / "checkpoints/best.pt", weights_only=True)
+    best["model"]["fc.bias"] = torch.zeros(3).index_fill_(0, torch.tensor(forced), 1e4)
+    torch.save(best, run / "checkpoints/best.pt")
+    argv = ["evaluate", str(run), "--checkpoint", "last", "--sweep-step", "180", "--no-tsne", "--quiet"]
+    assert main(argv) == 0
+    per_class = json.loads((run / "report/report.json").read_text())["classification"]["per_class"]
+    assert [row["predicted"] for row in per_class.values()] == np.bincount(last.y_pred, minlength=3).tolist()
+
+    # A finished run is extended by --resume with more epochs, from its own config.json.
     assert main(["train", "--out", str(run), "--resume", "--epochs", "2", "--quiet"]) == 0
     assert (run / "metrics.csv").read_text().count("\n") == 1 + 2
     assert TrainConfig.from_json(run / "config.json").epochs == 2
+
+
+class SigintAt:
+    """Replaces ImageDataset.__getitem__: sends this process SIGINT (Ctrl-C) when item ``at`` is
+    fetched (counting from 1), and counts every item fetched."""
+
+    def __init__(self, monkeypatch, at: int | None = None) -> None:
+        self.at, self.fetched = at, 0
+        original = ImageDataset.__getitem__
+
+        def getitem(dataset, item):
+            self.fetched += 1
+            if self.fetched == self.at:
+                signal.raise_signal(signal.SIGINT)
+            return original(dataset, item)
+
+        monkeypatch.setattr(ImageDataset, "__getitem__", getitem)
+
+
+def _rows(run) -> list[dict]:
+    """metrics.csv without the timing column."""
+    return pd.read_csv(run / "metrics.csv").drop(columns="seconds").to_dict("records")
+
+
+def test_ctrl_c_exits_130_and_resume_mid_epoch_equals_an_uninterrupted_run(
+    lesions, tmp_path, capsys, monkeypatch
+):
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        pytest.skip("SIGINT is handled by something else in this process")
+    argv = ["train", "--data", str(lesions), "--epochs", "2", "--lr", "0.05", *TINY]
+    assert main([*argv, "--out", str(tmp_path / "straight")]) == 0
+    sizes = json.loads((tmp_path / "straight/split.json").read_text())["sizes"]
+    per_epoch = sizes["train"] + sizes["val"]  # items fetched per epoch (18 + 3)
+    capsys.readouterr()
+
+    SigintAt(monkeypatch, at=per_epoch + sizes["train"] // 2)  # Ctrl-C halfway through epoch 2
+    assert main([*argv, "--out", str(tmp_path / "resumed")]) == 130
+    err = capsys.readouterr().err
+    assert err.startswith("rmnet: interrupted") and "--resume" in err and err.count("\n") == 1
+    assert torch.load(tmp_path / "resumed/checkpoints/last.pt", weights_only=True)["epoch"] == 1
+
+    counter = SigintAt(monkeypatch)
+    assert main(["train", "--out", str(tmp_path / "resumed"), "--resume", "--quiet"]) == 0
+    assert counter.fetched == per_epoch  # epoch 2 only, redone from its start: epoch 1 was not retrained
+    straight, resumed = (
+        torch.load(tmp_path / name / "checkpoints/last.pt", weights_only=True)
+        for name in ("straight", "resumed")
+    )
+    for key, value in straight["model"].items():
+        torch.testing.assert_close(resumed["model"][key], value, rtol=0, atol=0, msg=key)
+    assert _rows(tmp_path / "resumed") == _rows(tmp_path / "straight")
+
+
+def test_seeds_train_one_run_each_on_one_split_and_resume_only_what_is_unfinished(
+    lesions, tmp_path, capsys, monkeypatch
+):
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        pytest.skip("SIGINT is handled by something else in this process")
+    out = tmp_path / "seeds"
+    argv = ["train", "--data", str(lesions), "--out", str(out), "--epochs", "1", *TINY, "--seeds", "0", "1"]
+    SigintAt(monkeypatch, at=21 + 5)  # seed-0 done (18 + 3 items), seed-1 in its first epoch
+    assert main(argv) == 130
+    assert (out / "seed-0/checkpoints/last.pt").is_file() and not (
+        out / "seed-1/checkpoints/last.pt"
+    ).exists()
+    finished = (out / "seed-0/checkpoints/last.pt").read_bytes()
+    capsys.readouterr()
+
+    assert main(argv) == 1  # without --resume, nothing is overwritten
+    assert_one_line_error(capsys, "already holds a run", "--resume")
+
+    counter = SigintAt(monkeypatch)  # --resume needs only --out and --seeds: the runs hold their config
+    assert main(["train", "--out", str(out), "--seeds", "0", "1", "--resume", "--quiet"]) == 0
+    assert counter.fetched == 21  # seed-1's one epoch; seed-0 is not trained again
+    assert (out / "seed-0/checkpoints/last.pt").read_bytes() == finished
+    configs = [TrainConfig.from_json(out / f"seed-{s}/config.json") for s in (0, 1)]
+    assert [c.seed for c in configs] == [0, 1] and configs[0].replace(seed=1) == configs[1]
+    splits = [json.loads((out / f"seed-{s}/split.json").read_text()) for s in (0, 1)]
+    assert splits[0] == splits[1]  # the same split: the runs differ in initialisation and order only
+    weights = [torch.load(out / f"seed-{s}/checkpoints/last.pt", weights_only=True)["model"] for s in (0, 1)]
+    assert not torch.equal(weights[0]["fc.weight"], weights[1]["fc.weight"])
+    assert f"next: rmnet evaluate {out}" in capsys.readouterr().out
+
+
+def test_split_file_fixes_the_parts_and_one_for_other_data_is_refused(lesions, tmp_path, capsys):
+    table = load_image_table(lesions)
+    split = make_split(table, seed=3, ratios=(0.5, 0.25, 0.25))
+    save_split(split, tmp_path / "split.json")
+    run = tmp_path / "run"
+    argv = ["train", "--data", str(lesions), "--epochs", "1", *TINY]
+    assert main([*argv, "--split", str(tmp_path / "split.json"), "--out", str(run)]) == 0
+    used = Run(run).split
+    assert (used.train, used.val, used.test) == (split.train, split.val, split.test)
+    assert len(used.train) == 12  # half of the 24 images, not the default 8:1:1
+
+    other = make_split(table.subset(range(20)))
+    other.ids = [f"elsewhere/{i}" for i in range(20)]
+    save_split(other, tmp_path / "other.json")
+    assert main([*argv, "--split", str(tmp_path / "other.json"), "--out", str(tmp_path / "r2")]) == 1
+    assert_one_line_error(capsys, "made for a different table")
+    assert not (tmp_path / "r2").exists()
+
+
+def test_a_non_finite_loss_is_one_clear_line(lesions, tmp_path, capsys):
+    argv = ["train", "--data", str(lesions), "--out", str(tmp_path / "r"), "--epochs", "2", *TINY]
+    assert main([*argv, "--lr", "1e12"]) == 1
+    assert_one_line_error(capsys, "the loss became", "lower --lr")
 
 
 def test_a_config_file_is_the_starting_point_and_options_override_it(lesions, tmp_path):
@@ -107,10 +248,18 @@ def test_a_corrupt_image_is_one_clear_line_naming_the_file(lesions, tmp_path, ca
     broken = sorted((data / "lobed").iterdir())[0]
     broken.write_bytes(b"\x89PNG broken")
     assert main(["train", "--data", str(data), "--out", str(tmp_path / "r"), "--epochs", "1", *TINY]) == 1
-    assert_one_line_error(capsys, "cannot read image", broken.name)
+    assert_one_line_error(capsys, "cannot read image", broken.name, "--on-error skip")
     argv = ["train", "--data", str(data), "--out", str(tmp_path / "s"), "--epochs", "1", "--on-error", "skip"]
-    with pytest.warns(UserWarning, match="skipped 1 unreadable images"):
-        assert main([*argv, *TINY]) == 0  # or leave it out
+    assert main([*argv, *TINY]) == 0  # or leave it out, as the error says
+    assert_skipped_lines(capsys.readouterr().err, ["lobed/lobed_0000"])
+    assert [(s.id, s.path) for s in read_skipped(tmp_path / "s")] == [("lobed/lobed_0000", broken)]
+
+
+def assert_skipped_lines(err: str, ids: list[str]) -> None:
+    """stderr names each skipped image once, in one "rmnet: warning:" line, and nothing else warns."""
+    warnings = [line for line in err.splitlines() if "rmnet: warning:" in line]
+    assert [line.split("rmnet: warning: skipped image ")[1].split(" (")[0] for line in warnings] == ids, err
+    assert "UserWarning" not in err and "warnings.warn" not in err and "Traceback" not in err
 
 
 def test_a_missing_run_folder_is_one_clear_line(tmp_path, capsys):
@@ -136,7 +285,10 @@ def test_python_dash_m_rmnet_runs_the_same_command_line():
 
 def test_prepare_writes_the_cache_that_train_reads(lesions, tmp_path, capsys):
     cache = tmp_path / "cache"
-    assert main(["prepare", "--data", str(lesions), "--out", str(cache), "--resize", "18", "--workers", "1"]) == 0
+    assert (
+        main(["prepare", "--data", str(lesions), "--out", str(cache), "--resize", "18", "--workers", "1"])
+        == 0
+    )
     assert f"--cache {cache}" in capsys.readouterr().out
     assert len(list(cache.rglob("*.jpg"))) == 24
     argv = [
@@ -151,3 +303,55 @@ def test_prepare_writes_the_cache_that_train_reads(lesions, tmp_path, capsys):
         "1",
     ]
     assert main([*argv, *TINY]) == 0  # --image-size 16 resizes to 18 px: the cache's short edge
+
+
+def test_prepare_and_cached_training_skip_a_truncated_jpeg_when_asked(isic_root, tmp_path, capsys):
+    """Issue 8.3: one corrupt image must not block cached training."""
+    root = Path(shutil.copytree(isic_root, tmp_path / "ISICb"))
+    broken = root / "ISIC_2019_Training_Input" / "ISIC_0000011.jpg"
+    broken.write_bytes(broken.read_bytes()[: len(broken.read_bytes()) // 2])  # a truncated JPEG
+    cache = tmp_path / "cache"
+    prepare = ["prepare", "--data", str(root), "--out", str(cache), "--resize", "18", "--workers", "1"]
+
+    # Without --on-error skip: the others are cached, and the advice names the option that helps.
+    assert main(prepare) == 1
+    assert_one_line_error(capsys, "could not cache 1 of 32 images", "ISIC_0000011.jpg", "--on-error skip")
+    assert "remove" not in capsys.readouterr().err
+
+    assert main([*prepare, "--on-error", "skip"]) == 0
+    captured = capsys.readouterr()
+    assert_skipped_lines(captured.err, ["ISIC_0000011"])
+    assert (
+        f"31 images in 4 classes cached in {cache}; 1 skipped, listed in {cache / 'skipped.json'}"
+        in captured.out
+    )
+    assert "--on-error skip" in captured.out.split("next: ")[1]  # the next command works as printed
+    assert [s.id for s in read_skipped(cache)] == ["ISIC_0000011"]
+
+    run = tmp_path / "run"
+    train = ["train", "--data", str(root), "--cache", str(cache), "--out", str(run), "--epochs", "1", *TINY]
+    assert main([*train, "--on-error", "skip"]) == 0
+    assert_skipped_lines(capsys.readouterr().err, ["ISIC_0000011"])  # named once, not by cache and dataset
+    recorded = json.loads((run / "skipped.json").read_text())["skipped"]
+    split = json.loads((run / "split.json").read_text())
+    index = split["ids"].index("ISIC_0000011")
+    part = next(name for name in ("train", "val", "test") if index in split[name])
+    assert [(r["id"], r["part"]) for r in recorded] == [("ISIC_0000011", part)]
+    assert "truncated" in recorded[0]["reason"].lower()
+
+
+def test_advice_after_removing_an_image_names_the_command_line_option_and_works(isic_root, tmp_path, capsys):
+    root = Path(shutil.copytree(isic_root, tmp_path / "ISICb"))
+    (root / "ISIC_2019_Training_Input" / "ISIC_0000011.jpg").unlink()
+    cache = tmp_path / "cache"
+    prepare = ["prepare", "--data", str(root), "--out", str(cache), "--resize", "18", "--workers", "1"]
+    assert main(prepare) == 1
+    assert_one_line_error(capsys, "ISIC_0000011", "--ground-truth")
+    assert "ground_truth=" not in capsys.readouterr().err
+
+    # Following it: a ground-truth CSV without that row, given with --ground-truth.
+    truth = pd.read_csv(root / "ISIC_2019_Training_GroundTruth.csv")
+    truth[truth["image"] != "ISIC_0000011"].to_csv(tmp_path / "truth.csv", index=False)
+    assert main([*prepare, "--ground-truth", str(tmp_path / "truth.csv")]) == 0
+    out = capsys.readouterr().out
+    assert "31 images in 4 classes" in out and f"--ground-truth {tmp_path / 'truth.csv'}" in out

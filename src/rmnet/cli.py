@@ -170,6 +170,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """--config (with --resume: the run's config.json; with --recipe paper: the paper's recipe for
     --arch; else the defaults), then the options given."""
     saved = Path(args.out) / "config.json"
+    if args.resume and args.seeds and not saved.is_file():  # --seeds: OUT/seed-S/config.json
+        seeded = (Path(args.out) / f"seed-{seed}" / "config.json" for seed in args.seeds)
+        saved = next((path for path in seeded if path.is_file()), saved)
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
     if args.config:
         config = TrainConfig.from_json(args.config)

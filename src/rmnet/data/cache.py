@@ -14,8 +14,6 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from rmnet.data.files import claim_folder, remove_abandoned_temporaries, save_image_atomically
 from rmnet.data.images import (
     SKIPPED_FILE,
@@ -29,6 +27,7 @@ from rmnet.data.images import (
     warn_skipped,
 )
 from rmnet.data.table import ImageTable
+from rmnet.io import progress_bar
 
 __all__ = ["CACHE_MANIFEST", "SKIPPED_FILE", "cache_image", "prepare_cache", "read_skipped"]
 
@@ -68,11 +67,10 @@ def prepare_cache(
     elif workers > 1 and len(jobs) > 1:
         with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=_pool_context()) as pool:
             chunk = max(1, min(32, len(jobs) // (4 * workers)))
-            problems = list(
-                tqdm(pool.map(cache_image, jobs, chunksize=chunk), total=len(jobs), desc="caching")
-            )
+            results = pool.map(cache_image, jobs, chunksize=chunk)
+            problems = list(progress_bar(results, "caching", total=len(jobs)))
     else:
-        problems = [cache_image(job) for job in tqdm(jobs, desc="caching")]
+        problems = [cache_image(job) for job in progress_bar(jobs, "caching")]
 
     failed = [
         SkippedImage(table.ids[i], table.paths[i], problem)

@@ -10,10 +10,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 from torchvision.transforms.v2 import functional as F
-from tqdm.auto import tqdm
 
 from rmnet.data.images import SkippedImage, UnreadableImageError, check_image, open_rgb, warn_skipped
 from rmnet.data.table import ImageTable
+from rmnet.io import progress_bar
 
 
 class ImageDataset(Dataset):
@@ -51,7 +51,7 @@ class ImageDataset(Dataset):
         to_check = [path for image_id, path in zip(ids, paths, strict=True) if image_id not in known]
         with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:  # PIL frees the GIL
             results = pool.map(check_image, to_check)
-            checked = iter(list(tqdm(results, total=len(to_check), desc="checking images", leave=False)))
+            checked = iter(list(progress_bar(results, "checking images", total=len(to_check))))
         problems = [known[image_id] if image_id in known else next(checked) for image_id in ids]
         self.skipped = [
             SkippedImage(image_id, path, problem)
