@@ -123,8 +123,13 @@ def test_image_missing_on_disk_is_named_with_the_count(isic_root, tmp_path):
     root = _copy(isic_root, tmp_path)
     for name in ("ISIC_0000004", "ISIC_0000005"):
         (root / "ISIC_2019_Training_Input" / f"{name}.jpg").unlink()
-    with pytest.raises(FileNotFoundError, match=r"2 images listed in .* ISIC_0000004, ISIC_0000005"):
+    with pytest.raises(FileNotFoundError, match=r"2 images listed in .* ISIC_0000004, ISIC_0000005") as error:
         load_image_table(root)
+    # The advice names the command-line option (not a Python argument), and following it works.
+    assert "--ground-truth" in str(error.value) and "ground_truth=" not in str(error.value)
+    truth = pd.read_csv(root / GROUND_TRUTH_NAME)
+    truth[~truth["image"].isin(["ISIC_0000004", "ISIC_0000005"])].to_csv(tmp_path / "subset.csv", index=False)
+    assert len(load_image_table(root, ground_truth=tmp_path / "subset.csv")) == 30
 
 
 def test_many_missing_images_say_how_many_more(isic_root, tmp_path):
