@@ -37,6 +37,7 @@ from benchmarks import command_line, machine_description, markdown_table  # noqa
 from benchmarks.compute_overhead import (  # noqa: E402
     count_flops,
     median_ratio,
+    set_rm_padding,
     time_interleaved,
     training_step,
 )
@@ -46,7 +47,6 @@ from rmnet.data import TensorImageDataset, load_digits_tensors  # noqa: E402
 from rmnet.data.transforms import random_rotation  # noqa: E402
 from rmnet.groups import rotate  # noqa: E402
 from rmnet.io import atomic_write, atomic_write_text  # noqa: E402
-from rmnet.meanout import RotationMeanout  # noqa: E402
 from rmnet.models.base import HashHead, ImageClassifier  # noqa: E402
 from rmnet.train import fit  # noqa: E402
 
@@ -129,11 +129,9 @@ def small_cnn_rm_full_padding(
 ) -> ImageClassifier:
     """``create_model("small_cnn", …)`` with the paper's padding in interpolated RM: every copy
     zero-padded to ⌈√2·side⌉ before rotating (the default, padding="none", keeps the map size)."""
-    model = create_model("small_cnn", num_classes, rm=rm, k=k, dihedral=dihedral, **options)
-    for module in model.modules():
-        if isinstance(module, RotationMeanout):
-            module.padding = "full"
-    return model
+    return set_rm_padding(
+        create_model("small_cnn", num_classes, rm=rm, k=k, dihedral=dihedral, **options), "full"
+    )
 
 
 if enn is not None and "e2cnn_c4" not in list_models():

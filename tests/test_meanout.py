@@ -306,3 +306,18 @@ def test_the_old_name_embed_rotation_meanout_still_works_and_warns():
     with pytest.warns(DeprecationWarning, match="insert_rotation_meanout"):
         embed_rotation_meanout(model, ["1"], k=4)
     assert isinstance(model[1], RotationMeanout)
+
+
+@pytest.mark.parametrize("padding", PADDINGS)
+def test_interpolated_rm_runs_under_cpu_bfloat16_autocast(padding):
+    """AMP: the rotations by 45° resample in float32 (affine_grid has no CPU bfloat16 kernel)."""
+    torch.manual_seed(0)
+    block = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU())
+    rm = RotationMeanout(block, k=8, padding=padding).train()
+    x = torch.randn(2, 3, 12, 12)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = rm(nn.functional.conv2d(x, torch.eye(3)[:, :, None, None]))  # bfloat16 maps, as inside AMP
+        assert y.dtype in (torch.bfloat16, torch.float32)
+    y.float().sum().backward()
+    reference = RotationMeanout(block, k=8, padding=padding).train()(x)
+    assert torch.allclose(y.float(), reference, atol=0.1)
