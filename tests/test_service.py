@@ -588,6 +588,8 @@ def test_serve_resolves_a_demo_folder_to_the_run_that_built_the_index(example, t
         resolve_run(demo, "/elsewhere/run")
     with pytest.raises(FileNotFoundError):
         resolve_run(tmp_path / "missing", built_by)
+    moved = shutil.copytree(demo, tmp_path / "moved", ignore=shutil.ignore_patterns("data"))
+    assert resolve_run(moved, built_by) == moved / "rm"  # the index still names the old place
 
 
 def test_serve_refuses_a_run_that_did_not_build_the_index(example, tmp_path):

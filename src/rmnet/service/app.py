@@ -149,6 +149,9 @@ def resolve_run(run: Path, index_run: str | None) -> Path:
         built_by = Path(index_run)
         if (built_by / "config.json").is_file() and run.resolve() in built_by.resolve().parents:
             return built_by
+        moved = run / built_by.name  # the folder was moved or copied: its run of that name (the
+        if (moved / "config.json").is_file():  # model's fingerprint is checked against the index next)
+            return moved
     inside = sorted(p.parent.name for p in run.glob("*/config.json"))
     hint = f"; the runs inside it: {', '.join(inside)}" if inside else ""
     raise ValueError(

@@ -1,0 +1,168 @@
+"""The service's page in a real browser: Debian's chromium, driven by playwright (no browser download).
+
+The service runs in uvicorn on a loopback port; the browser uploads an image and must show the
+diagnosis, the probability bars, the rotation consistency, the heat map and the gallery, without
+a JavaScript error; a bad upload must be explained in words on the page.
+
+Skipped only when /usr/bin/chromium is missing (CI installs it: .ci/run). Environment:
+  RMNET_SERVICE_DEMO=runs/demo      serve this demo folder (its runs and index/) instead of the tiny
+                                    test model, and upload one of its own test images
+  RMNET_SERVICE_SCREENSHOT=PATH     also save the page's screenshot there (docs/images/service.png)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+pytestmark = pytest.mark.skipif(
+    not CHROMIUM.is_file(), reason="needs Debian's chromium at /usr/bin/chromium (apt-get install chromium)"
+)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """(base URL, an image to upload) of the service running in uvicorn on a free loopback port."""
+    import uvicorn
+    from test_service import copy_index, free_port, make_example
+
+    from rmnet.service.app import build_service, create_app
+    from rmnet.service.config import ServiceConfig
+
+    root = tmp_path_factory.mktemp("browser")
+    demo = os.environ.get("RMNET_SERVICE_DEMO")
+    if demo:
+        folder, index = Path(demo), copy_index(Path(demo) / "index", root / "index")
+        image = _a_test_image(folder)
+    else:
+        folder, index = make_example(root)
+        image = sorted((folder / "data").rglob("*.png"))[0]
+    service = build_service(ServiceConfig(run=folder, index=index, api_key="", device="cpu"))
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(service), host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}", image
+    server.should_exit = True
+    thread.join(timeout=15)
+    service.close()
+
+
+def _a_test_image(demo: Path) -> Path:
+    """An image of the demo's test split (not in the index: the gallery shows its neighbours)."""
+    from rmnet.runs import Run
+
+    with open(demo / "index" / "manifest.json") as handle:
+        run = Run(json.load(handle)["model"]["run"])
+    table, test = run.table, run.split.test
+    return Path(table.paths[test[3]])
+
+
+def expect(locator):
+    from playwright.sync_api import expect as playwright_expect
+
+    return playwright_expect(locator)
+
+
+def wait_until(condition, timeout: float = 30.0) -> None:
+    """Poll ``condition`` (the page's Content-Security-Policy forbids wait_for_function's eval)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def browser_page():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        problems: list[str] = []
+        page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
+        page.on("console", lambda m: m.type == "error" and problems.append(f"console error: {m.text}"))
+        yield page, problems
+        browser.close()
+
+
+def test_upload_shows_diagnosis_heat_map_and_gallery_without_errors(served, browser_page, tmp_path):
+    base, image = served
+    page, problems = browser_page
+    page.goto(base + "/")
+    expect(page.locator("#service-meta")).to_contain_text("indexed cases")
+    page.set_input_files("#file", str(image))
+
+    expect(page.locator("#gallery .case")).to_have_count(10, timeout=60_000)
+    expect(page.locator("#status")).to_have_text("Done.", timeout=60_000)
+    classes = page.evaluate("fetch('/healthz').then(r => r.json()).then(h => h.model.classes)")
+    assert page.inner_text("#diagnosis") in classes
+    assert page.locator("#bars .bar").count() == len(classes)
+    assert "Rotation consistent" in page.inner_text("#consistency")
+    assert page.evaluate("document.getElementById('heatmap').naturalWidth") >= 256
+    assert page.locator("#heatmap").is_visible() and not page.locator("#heatmap-placeholder").is_visible()
+    assert page.evaluate("document.getElementById('query').naturalWidth") > 0
+    thumbnails = page.locator("#gallery .case img")
+    wait_until(
+        lambda: page.evaluate(
+            "[...document.querySelectorAll('#gallery img')].every(i => i.complete && i.naturalWidth > 0)"
+        )
+    )
+    assert thumbnails.count() == 10
+    assert "distance" in page.inner_text("#gallery .case >> nth=0")
+    assert not page.locator("#error").is_visible()
+
+    shot = tmp_path / "service.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 10_000
+    if os.environ.get("RMNET_SERVICE_SCREENSHOT"):
+        target = Path(os.environ["RMNET_SERVICE_SCREENSHOT"])
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(shot, target)
+
+    page.click("#gallery .case >> nth=0")  # the full image of a case
+    wait_until(lambda: page.evaluate("document.getElementById('lightbox-img').naturalWidth > 0"))
+    assert page.locator("#lightbox").is_visible()
+    page.keyboard.press("Escape")
+    assert not page.locator("#lightbox").is_visible()
+    assert problems == []
+
+
+def test_a_bad_upload_is_explained_on_the_page(served, browser_page, tmp_path):
+    base, _ = served
+    page, problems = browser_page
+    page.goto(base + "/")
+    text = tmp_path / "notes.png"
+    text.write_text("not really an image")
+    page.set_input_files("#file", str(text))
+    expect(page.locator("#error")).to_contain_text("Diagnosis failed", timeout=60_000)
+    expect(page.locator("#error")).to_contain_text("Heat map failed", timeout=60_000)
+    message = page.inner_text("#error")
+    assert "not an image" in message and "Similar cases failed" in message and "Heat map failed" in message
+    assert page.inner_text("#diagnosis") == "no diagnosis"
+    # The browser logs each refused request (415) as a console error; nothing else may go wrong.
+    assert [p for p in problems if "status of 415" not in p] == []
