@@ -40,7 +40,7 @@ from torch import nn
 from rmnet.models.base import HashHead, ImageClassifier
 from rmnet.models.factory import register_model
 from rmnet.models.pretrained import load_pretrained, read_state_dict
-from rmnet.models.weights import Weights, resolve_weights
+from rmnet.models.weights import IMAGENET, Weights, resolve_weights
 
 ORIENTATIONS = (1, 2, 4, 8)
 INVARIANCE = ("align", "pool", "none")
@@ -302,7 +302,7 @@ def orn_resnet18(
         in_chans=in_chans,
         hash_bits=hash_bits,
     )
-    if pretrained is not None and str(pretrained) == "imagenet":
+    if pretrained is True or (pretrained is not None and str(pretrained) == IMAGENET):
         if stem != "plain":
             raise ValueError(
                 "orn_resnet18 with its ARF stem has no ImageNet weights: pass stem='plain' to start "
