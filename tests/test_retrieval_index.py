@@ -193,6 +193,29 @@ def test_hits_carry_what_was_stored_about_each_image(tmp_path):
     assert hit.distance == pytest.approx(0.0, abs=1e-6)
 
 
+def test_items_are_listed_in_row_order_and_found_by_id(tmp_path):
+    index = CodeIndex.create(tmp_path / "index", model=MODEL, class_names=CLASSES)
+    stored = [IndexItem(f"id{i}", i % 3, f"/data/{i}.jpg", f"h{i}", {"i": i}) for i in range(700)]
+    index.add(np.ones((700, BITS)), stored, model_fingerprint="model-a")
+    listed = index.items()
+    assert [(s.row, s.image_id, s.label, s.class_name) for s in listed[:2]] == [
+        (0, "id0", 0, "MEL"),
+        (1, "id1", 1, "NV"),
+    ]
+    assert len(listed) == 700 and [s.row for s in index.items(600, 603)] == [600, 601, 602]
+    found = index.find("id650")
+    assert (found.row, found.path, found.content_hash, found.metadata) == (
+        650,
+        "/data/650.jpg",
+        "h650",
+        {"i": 650},
+    )
+    assert index.find("nope") is None
+    assert (
+        len(index.search(np.ones(BITS), 700, model_fingerprint="model-a")[0]) == 700
+    )  # beyond one SQL chunk
+
+
 def test_a_reopened_index_holds_the_same_codes_and_answers_the_same(tmp_path):
     index, codes = new_index(tmp_path, n=30)
     before = search_rows(index, codes[:5], 7, "hamming")

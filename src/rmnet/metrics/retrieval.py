@@ -40,6 +40,7 @@ METRICS = ("cosine", "hamming")
 COSINE_BITS = 24  # normalised codes are rounded to multiples of 2**-COSINE_BITS
 COSINE_SCALE = float(2**COSINE_BITS)
 _CHUNK_ELEMENTS = 1 << 23  # distances computed per block of queries, to bound memory
+_QUANTIZE_ROWS = 1 << 16
 
 
 def to_bits(codes: np.ndarray) -> np.ndarray:
@@ -71,19 +72,23 @@ def quantize_codes(codes: np.ndarray) -> np.ndarray:
     non-zero component keeps its sign (it becomes ±1 rather than 0), so the signs, and the Hamming
     bits, of the integer codes are those of the codes. Zero codes stay zero.
     """
-    codes = np.asarray(codes, dtype=np.float64)
+    codes = np.asarray(codes)
     if codes.ndim != 2:
         raise ValueError(f"codes must be a 2-D array (items, bits), got shape {codes.shape}")
-    if not np.isfinite(codes).all():
-        raise ValueError("codes contain NaN or infinite values: the model's output is broken")
-    squares = np.zeros(len(codes))
-    for column in codes.T:
-        squares += column * column
-    norms = np.sqrt(squares)
-    unit = codes / np.where(squares > 0, norms, 1.0)[:, None]
-    fixed = np.rint(unit * COSINE_SCALE).astype(np.int64)
-    fixed = np.where(fixed == 0, np.sign(unit).astype(np.int64), fixed)
-    return fixed.astype(np.int32)
+    fixed = np.empty(codes.shape, np.int32)
+    for start in range(0, len(codes), _QUANTIZE_ROWS):  # in blocks: float64 copies stay small
+        block = codes[start : start + _QUANTIZE_ROWS].astype(np.float64)
+        if not np.isfinite(block).all():
+            raise ValueError("codes contain NaN or infinite values: the model's output is broken")
+        squares = np.zeros(len(block))
+        for column in block.T:
+            squares += column * column
+        unit = block / np.where(squares > 0, np.sqrt(squares), 1.0)[:, None]
+        rounded = np.rint(unit * COSINE_SCALE).astype(np.int64)
+        fixed[start : start + _QUANTIZE_ROWS] = np.where(
+            rounded == 0, np.sign(unit).astype(np.int64), rounded
+        )
+    return fixed
 
 
 def cosine_similarity_keys(query_fixed: np.ndarray, db_fixed: np.ndarray) -> np.ndarray:

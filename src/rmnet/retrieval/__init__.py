@@ -30,6 +30,7 @@ _EXPORTS = {
     "IndexItem": "rmnet.retrieval.index",
     "IndexMismatchError": "rmnet.retrieval.index",
     "ModelIdentity": "rmnet.retrieval.index",
+    "StoredItem": "rmnet.retrieval.index",
     "ImageEncoder": "rmnet.retrieval.search",
     "SearchResult": "rmnet.retrieval.search",
     "add_bytes": "rmnet.retrieval.search",
@@ -51,6 +52,7 @@ __all__ = [
     "IndexMismatchError",
     "ModelIdentity",
     "SearchResult",
+    "StoredItem",
     "add_bytes",
     "add_images",
     "build_index",
@@ -89,6 +91,7 @@ if TYPE_CHECKING:
         IndexItem,
         IndexMismatchError,
         ModelIdentity,
+        StoredItem,
     )
     from rmnet.retrieval.search import (
         ImageEncoder,

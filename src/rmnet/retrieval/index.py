@@ -66,6 +66,7 @@ DEFAULT_LOCK_TIMEOUT = 300.0  # seconds a writer waits for another writer
 BUCKET_MAX_BITS = 16  # Hamming search by code buckets up to this code length; FAISS beyond
 _EXTRA = 16  # candidates asked of FAISS beyond k, so that the boundary is usually seen at once
 _LOCK_POLL = 0.05
+_SQL_CHUNK = 500  # parameters per SQLite statement (old SQLite builds allow 999)
 
 _SCHEMA = """
 CREATE TABLE items (
@@ -143,6 +144,21 @@ class Hit:
     class_name: str
     distance: float
     metadata: dict[str, Any]
+    cached_path: str | None = None
+
+
+@dataclass(frozen=True)
+class StoredItem:
+    """What the index holds about one image (:meth:`CodeIndex.items`, :meth:`CodeIndex.find`)."""
+
+    row: int
+    image_id: str
+    path: str | None
+    label: int
+    class_name: str
+    content_hash: str | None
+    metadata: dict[str, Any]
+    added_at: str
     cached_path: str | None = None
 
 
@@ -289,6 +305,15 @@ class CodeIndex:
         rows = self._current.query("SELECT label FROM items ORDER BY row")
         return np.array([r[0] for r in rows], np.int64)
 
+    def items(self, start: int = 0, stop: int | None = None) -> list[StoredItem]:
+        """The stored items of rows ``start`` … ``stop`` − 1 (all by default), in row order."""
+        return self._current.items("row >= ? AND row < ?", [start, len(self) if stop is None else stop])
+
+    def find(self, image_id: str) -> StoredItem | None:
+        """The stored item with this image id, or None."""
+        found = self._current.items("image_id = ?", [image_id])
+        return found[0] if found else None
+
     def check_model(self, fingerprint: str, code_length: int | None = None) -> None:
         """Refuse codes of another length, or from another model than the one that built the index."""
         _check_model(self.root, self._current.manifest, fingerprint, code_length)
@@ -344,14 +369,17 @@ class CodeIndex:
                         f"image {item.image_id} has label {item.label}, but the index knows "
                         f"{len(names)} classes ({', '.join(names)})"
                     )
-            keep, skipped = _new_items(base, items)
+            keep, added, skipped = _new_items(base, items)
             for image_id, why in skipped:
                 log.info("skipped %s: %s", image_id, why)
             if keep or create:
-                self._commit(base, [items[i] for i in keep], fixed[keep])
-            return AddResult([items[i].image_id for i in keep], skipped)
+                if len(keep) == len(items):  # the usual case: no copies of a large batch
+                    self._commit(base, items, fixed)
+                else:
+                    self._commit(base, [items[i] for i in keep], fixed[keep])
+            return AddResult(added, skipped)
 
-    def _commit(self, base: _Generation, items: list[IndexItem], fixed: np.ndarray) -> None:
+    def _commit(self, base: _Generation, items: Sequence[IndexItem], fixed: np.ndarray) -> None:
         """Write generation g+1 = ``base`` plus ``items``, commit it, then switch to it."""
         faiss = _faiss()
         generation = max(base.generation, _generation_on_disk(self.root)) + 1
@@ -366,7 +394,7 @@ class CodeIndex:
                 int(item.label),
                 names[item.label],
                 item.content_hash,
-                json.dumps(item.metadata, default=str),
+                json.dumps(item.metadata, default=str) if item.metadata else "{}",
                 now,
                 item.cached_path,
             )
@@ -389,8 +417,9 @@ class CodeIndex:
         _write_durably(items_path, write_items)
 
         vectors = faiss.clone_index(base.vectors)  # the readers' index is never changed
-        if len(fixed):
-            vectors.add((fixed / COSINE_SCALE).astype(np.float32))  # exact: |fixed| < 2^24
+        for start in range(0, len(fixed), 1 << 20):
+            block = fixed[start : start + (1 << 20)]
+            vectors.add((block / COSINE_SCALE).astype(np.float32))  # exact: |fixed| <= 2^24
 
         def write_vectors(tmp: Path) -> None:
             faiss.write_index(vectors, str(tmp))
@@ -485,6 +514,15 @@ class _Generation:
         with self.lock:
             return self.db.execute(sql, parameters).fetchall()
 
+    def items(self, where: str, parameters: Sequence[Any]) -> list[StoredItem]:
+        cached = "cached_path" if self.has_cached_path else "NULL"
+        rows = self.query(
+            "SELECT row, image_id, path, label, class_name, content_hash, metadata, added_at, "
+            f"{cached} FROM items WHERE {where} ORDER BY row",
+            parameters,
+        )
+        return [StoredItem(*r[:6], json.loads(r[6]), *r[7:]) for r in rows]
+
     def hamming(self) -> _HammingBuckets | _HammingFlat:
         """The Hamming search structure, derived from the stored codes on first use."""
         if self._hamming is None:
@@ -536,6 +574,7 @@ class _HammingBuckets:
 
     def __init__(self, bits: np.ndarray) -> None:
         self.bits = bits.shape[1]
+        self.weights = 1 << np.arange(self.bits - 1, -1, -1, dtype=np.int64)  # first bit highest
         keys = _keys(bits)
         self.order = np.argsort(keys, kind="stable")  # radix sort for 16-bit keys: O(n)
         if len(keys) < 2**31:
@@ -550,7 +589,7 @@ class _HammingBuckets:
         return self.order.nbytes + self.offsets.nbytes
 
     def nearest(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        key = int(_keys(query[None] > 0)[0])
+        key = int((query > 0) @ self.weights)
         rows, distances, found = [], [], 0
         for radius, masks in enumerate(self.masks):
             buckets = key ^ masks
@@ -638,12 +677,16 @@ def _stored_bits(vectors: faiss.Index, block: int = 1 << 20) -> np.ndarray:
 
 
 def _hits(current: _Generation, rows: np.ndarray, distances: np.ndarray) -> list[Hit]:
-    marks = ",".join("?" * len(rows))
     cached = "cached_path" if current.has_cached_path else "NULL"
-    query = (
-        f"SELECT row, image_id, path, label, class_name, metadata, {cached} FROM items WHERE row IN ({marks})"
-    )
-    found = {r[0]: r for r in current.query(query, [int(r) for r in rows])}
+    found = {}
+    for start in range(0, len(rows), _SQL_CHUNK):
+        chunk = [int(r) for r in rows[start : start + _SQL_CHUNK]]
+        marks = ",".join("?" * len(chunk))
+        query = (
+            f"SELECT row, image_id, path, label, class_name, metadata, {cached} FROM items "
+            f"WHERE row IN ({marks})"
+        )
+        found.update((r[0], r) for r in current.query(query, chunk))
     hits = []
     for rank, (row, distance) in enumerate(zip(rows, distances, strict=True), start=1):
         _, image_id, path, label, class_name, metadata, cached_path = found[int(row)]
@@ -663,13 +706,20 @@ def _hits(current: _Generation, rows: np.ndarray, distances: np.ndarray) -> list
     return hits
 
 
-def _new_items(base: _Generation, items: Sequence[IndexItem]) -> tuple[list[int], list[tuple[str, str]]]:
-    """Positions of the items to add, and (id, reason) of those already present."""
-    known_ids = set(_lookup(base, "image_id", [item.image_id for item in items]))
-    known_content = _lookup(base, "content_hash", [item.content_hash for item in items if item.content_hash])
+def _new_items(
+    base: _Generation, items: Sequence[IndexItem]
+) -> tuple[list[int], list[str], list[tuple[str, str]]]:
+    """Positions and ids of the items to add, and (id, reason) of those already present."""
+    known_ids: set[str] = set()
+    known_content: dict[str, str] = {}
+    if base.count:
+        known_ids = set(_lookup(base, "image_id", [item.image_id for item in items]))
+        known_content = _lookup(
+            base, "content_hash", [item.content_hash for item in items if item.content_hash]
+        )
     batch_ids: set[str] = set()
     batch_content: dict[str, str] = {}
-    keep, skipped = [], []
+    keep, added, skipped = [], [], []
     for i, item in enumerate(items):
         if item.image_id in known_ids:
             skipped.append((item.image_id, "already in the index (same image id)"))
@@ -681,20 +731,19 @@ def _new_items(base: _Generation, items: Sequence[IndexItem]) -> tuple[list[int]
             skipped.append((item.image_id, f"same file content as {batch_content[item.content_hash]}"))
         else:
             keep.append(i)
+            added.append(item.image_id)
             batch_ids.add(item.image_id)
             if item.content_hash:
                 batch_content[item.content_hash] = item.image_id
-    return keep, skipped
+    return keep, added, skipped
 
 
 def _lookup(base: _Generation, column: str, values: Sequence[str]) -> dict[str, str]:
     """{value: image_id} for the stored rows whose ``column`` is one of ``values``."""
     found: dict[str, str] = {}
-    if not base.count:
-        return found
     values = list(dict.fromkeys(values))
-    for start in range(0, len(values), 500):  # SQLite limits the parameters of one statement
-        chunk = values[start : start + 500]
+    for start in range(0, len(values), _SQL_CHUNK):  # SQLite limits the parameters of one statement
+        chunk = values[start : start + _SQL_CHUNK]
         marks = ",".join("?" * len(chunk))
         found.update(
             dict(base.query(f"SELECT {column}, image_id FROM items WHERE {column} IN ({marks})", chunk))
@@ -873,9 +922,10 @@ def _single_faiss_thread() -> None:
     """Run this thread's FAISS calls on one OpenMP thread, set once per thread, never restored.
 
     A single query gains nothing from OpenMP and, on a busy CPU, waits for descheduled threads at
-    every barrier (a 100k flat search: 0.3 ms on one thread, 28 ms on two, in
-    benchmarks/retrieval_index.py). OpenMP keeps this setting per thread, so it is made once in
-    each thread that searches (a service's worker threads included) and other threads keep theirs.
+    every barrier (a flat search of 1M codes: 7.5 ms on one thread, 48 ms on two, median, in
+    benchmarks/retrieval_index.py on a busy 2-core machine). OpenMP keeps this setting per
+    thread, so it is made once in each thread that searches (a service's worker threads included)
+    and other threads keep theirs; a caller who changes it afterwards in that thread is obeyed.
     """
     if not getattr(_threads, "single", False):
         _faiss().omp_set_num_threads(1)
