@@ -277,3 +277,19 @@ def test_search_has_top_k_and_no_k_option(capsys):
     with pytest.raises(SystemExit):
         main(["search", "x.png", "--index", "i", "--k", "3"])
     assert "unrecognized arguments: --k" in capsys.readouterr().err
+
+
+def test_build_reports_byte_identical_images_within_the_data_set(run_dir, lesion_root, tmp_path, capsys):
+    run = Run(run_dir)
+    copy = tmp_path / "data"
+    shutil.copytree(lesion_root, copy)
+    first, second = run.split.train[:2]
+    original, duplicate = (copy / run.table.paths[i].relative_to(lesion_root) for i in (first, second))
+    duplicate.write_bytes(original.read_bytes())  # one image stored twice under two ids
+    out = tmp_path / "index"
+    assert main(["index", "build", "--run", str(run_dir), "--out", str(out), "--data", str(copy)]) == 0
+    captured = capsys.readouterr()
+    ids = run.table.ids
+    assert f"skipped {ids[second]}: same file content as {ids[first]}" in captured.err
+    assert "1 image is a byte-identical copy of another in the train split" in captured.out
+    assert len(CodeIndex.open(out)) == len(run.split.train) - 1

@@ -169,9 +169,13 @@ def run_index_build(args: argparse.Namespace) -> None:
     print(f"indexed {len(added.added)} images of the {args.part} split of {args.run_dir} in {index.root}")
     duplicates = [image_id for image_id, why in added.skipped if why.startswith("same file content")]
     if duplicates:
+        copies = (
+            "image is a byte-identical copy of another"
+            if len(duplicates) == 1
+            else ("images are byte-identical copies of others")
+        )
         print(
-            f"{len(duplicates)} images of the {args.part} split are byte-identical copies of others "
-            f"(listed above); each file is indexed once"
+            f"{len(duplicates)} {copies} in the {args.part} split (listed above); each file is indexed once"
         )
     print("next: " + shlex.join(["rmnet", "search", "IMAGE", "--index", str(args.out)]))
 

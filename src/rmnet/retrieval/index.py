@@ -875,7 +875,7 @@ def _remove_stale_files(root: Path, keep: set[str]) -> None:
     """Delete earlier generations and temporary files left by interrupted saves."""
     for path in root.iterdir():
         stale_generation = path.name.startswith(("vectors-", "items-")) and path.name not in keep
-        if stale_generation or path.name.endswith(".tmp"):
+        if stale_generation or path.name.endswith((".tmp", ".tmp-journal")):
             path.unlink(missing_ok=True)
 
 
