@@ -511,7 +511,7 @@ def toy_engine(model: nn.Module, **options) -> InferenceEngine:
 
 def test_requests_waiting_together_run_as_one_batch():
     model = Gated()
-    engine = toy_engine(model, batch_wait_ms=0)
+    engine = toy_engine(model, batch_wait_ms=0, forward_batch=64)
     try:
         first = engine.infer(torch.rand(3, 8, 8))
         time.sleep(0.2)  # the worker has taken the first request and waits at the gate
@@ -525,10 +525,41 @@ def test_requests_waiting_together_run_as_one_batch():
         engine.close()
 
 
+def test_a_batch_runs_in_forward_passes_of_the_tuned_size():
+    model = Gated()
+    engine = toy_engine(model, forward_batch=3)
+    assert engine.forward_batch == 3
+    try:
+        first = engine.infer(torch.rand(3, 8, 8))
+        time.sleep(0.2)
+        rest = [engine.infer(torch.rand(3, 8, 8), turns=True) for _ in range(2)]
+        model.gate.set()
+        for future in [first, *rest]:
+            future.result(timeout=10)
+        assert model.batches == [1, 3, 1, 3, 1]  # then one predict (4 images) at a time, in passes of 3
+        assert rest[1].result().turns.shape == (4, 2)
+    finally:
+        engine.close()
+
+
+def test_tuning_picks_the_batch_size_with_the_lowest_time_per_image():
+    class Costly(Gated):
+        def forward_codes(self, x):  # 1 ms + 1 ms per image up to 4 images, then 5 ms per image
+            time.sleep(0.001 + 0.001 * len(x) + 0.004 * max(0, len(x) - 4))
+            return super().forward_codes(x)
+
+    engine = toy_engine(Costly())
+    try:
+        assert engine.forward_batch == 4
+        assert sorted(engine.forward_times) == [1, 2, 4, 8]  # stopped once the cost per image doubled
+    finally:
+        engine.close()
+
+
 def test_a_batch_waits_for_announced_requests_but_a_lone_one_does_not():
     model = Gated()
     model.gate.set()
-    engine = toy_engine(model, batch_wait_ms=2000)
+    engine = toy_engine(model, batch_wait_ms=2000, forward_batch=8)
     model.gate.set()
     try:
         started = time.perf_counter()

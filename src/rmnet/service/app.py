@@ -19,6 +19,7 @@ import asyncio
 import hmac
 import importlib.resources
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,8 +108,11 @@ def build_service(config: ServiceConfig) -> Service:
     """Open the index, load the model of the run that built it, and check that they belong together."""
     import torch
 
-    if config.torch_threads:
-        torch.set_num_threads(config.torch_threads)
+    from rmnet.io import resolve_device
+
+    threads = config.torch_threads or default_torch_threads(resolve_device(config.device))
+    if threads:
+        torch.set_num_threads(threads)
     store = CaseStore(config.index, config.resolved_cases_dir)
     try:
         run_dir = resolve_run(config.run, store.info.model.run)
@@ -117,6 +121,7 @@ def build_service(config: ServiceConfig) -> Service:
             checkpoint=config.checkpoint,
             device=config.device,
             max_batch=config.max_batch,
+            forward_batch=config.forward_batch,
             batch_wait_ms=config.batch_wait_ms,
             max_queue=config.max_queue,
         )
@@ -135,6 +140,15 @@ def build_service(config: ServiceConfig) -> Service:
         store.close()
         raise
     return Service(config, engine, store, config.resolved_api_key)
+
+
+def default_torch_threads(device) -> int | None:
+    """On a CPU, half the cores this process may use (at least 1) for the model's forward passes:
+    the other half decode uploads and speak HTTP. On a GPU, torch's default (None)."""
+    if device.type != "cpu":
+        return None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 2)
+    return max(1, cores // 2)
 
 
 def resolve_run(run: Path, index_run: str | None) -> Path:
@@ -210,12 +224,7 @@ def create_app(service: Service) -> FastAPI:
         log.exception("internal error")
         return JSONResponse({"detail": f"internal error ({type(err).__name__}); see the service log"}, 500)
 
-    @app.middleware("http")
-    async def security_headers(request: Request, call_next):
-        response = await call_next(request)
-        response.headers.setdefault("X-Content-Type-Options", "nosniff")
-        response.headers.setdefault("Referrer-Policy", "no-referrer")
-        return response
+    app.add_middleware(SecurityHeaders)
 
     # -- helpers ------------------------------------------------------------------------------
 
@@ -263,7 +272,11 @@ def create_app(service: Service) -> FastAPI:
             },
             "engine": {
                 "device": str(engine.device),
+                "torch_threads": engine.torch_threads,
                 "max_batch_images": engine.max_batch,
+                "gather_limit_images": engine.gather_limit,
+                "forward_batch": engine.forward_batch,
+                "forward_ms_by_batch": {b: round(s * 1000, 3) for b, s in engine.forward_times.items()},
                 "batch_wait_ms": engine.batch_wait * 1000,
                 "gradcam_layer": engine.cam_layer_name or None,
                 **engine.stats.to_dict(),
@@ -415,6 +428,27 @@ def create_app(service: Service) -> FastAPI:
         return JSONResponse(body, status_code=201)
 
     return app
+
+
+class SecurityHeaders:
+    """Pure ASGI middleware (cheaper than ``@app.middleware``): no MIME sniffing, no referrer."""
+
+    HEADERS = ((b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer"))
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), *self.HEADERS]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
 
 
 def check_write_key(authorization: str | None, api_key: str | None) -> None:

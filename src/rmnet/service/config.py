@@ -32,10 +32,11 @@ class ServiceConfig:
     max_upload_mb: float = MAX_UPLOAD_MB
     max_pixels: int = MAX_PIXELS
     max_k: int = MAX_K
-    max_batch: int = 16  # images per forward pass (a predict counts 4: its quarter turns)
+    max_batch: int = 32  # the largest forward pass (images) the start-up measurement may choose
+    forward_batch: int | None = None  # images per forward pass (None: the fastest, measured at start-up)
     batch_wait_ms: float = 2.0  # how long the first request of a batch waits for others
     max_queue: int = 256  # requests waiting for the model before the service answers 503
-    torch_threads: int | None = None  # torch intra-op threads (None: torch's default)
+    torch_threads: int | None = None  # torch intra-op threads (None: half the cores on a CPU)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "run", Path(self.run))
@@ -47,6 +48,7 @@ class ServiceConfig:
             "max_pixels": self.max_pixels > 0,
             "max_k": self.max_k >= 1,
             "max_batch": self.max_batch >= 4,
+            "forward_batch": self.forward_batch is None or self.forward_batch >= 1,
             "batch_wait_ms": self.batch_wait_ms >= 0,
             "max_queue": self.max_queue >= 1,
             "port": 0 <= self.port <= 65535,

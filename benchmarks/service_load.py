@@ -1,0 +1,334 @@
+"""Load on the CAD service (`rmnet serve`) over loopback: throughput, latency, errors, memory.
+
+    .venv/bin/python -m benchmarks.service_load [--run RUN --index INDEX] [--requests 200]
+                                                [--clients 1 4 8] [--time-cap 60]
+
+Starts ``rmnet serve`` as a separate process on a free 127.0.0.1 port (the deployed command, one
+uvicorn worker) and sends it, for each endpoint (predict, search) and each number of concurrent
+clients, a fixed number of requests (each client a thread with its own keep-alive connection,
+uploading one of 16 generated lesion images in turn). A configuration stops when its requests are
+done or after ``--time-cap`` seconds; every configuration runs ``--repeats`` times, interleaved (the
+table gives the median throughput); the server is stopped at the end. Bounded by construction:
+nothing here runs forever or leaves loopback.
+
+Measured per configuration: requests/s (completed requests over the wall time of the run), p50/p95/
+p99 latency, errors (anything but HTTP 200, and transport failures: must be 0), the server's
+resident memory after it (and its peak), and how many requests the engine ran per forward pass.
+The batching goal: throughput with 8 clients at least 1.5× that with 1 client.
+
+Without --run/--index, it first builds what ``make demo`` serves, at the demo's sizes: generated
+lesions (32 px, 6 classes), the RM small CNN (width 16) with a 16-bit hash layer, one epoch (the
+weights do not change the cost), and the index of its training images, in a temporary folder.
+Writes results/service_load/service_load.{csv,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from benchmarks import command_line, machine_description, save_table
+
+ENDPOINTS = {"predict": "/api/predict", "search": "/api/search?k=10"}
+
+
+def build_example(root: Path) -> tuple[Path, Path]:
+    """The demo's served model and index at the demo's sizes, trained for one epoch."""
+    from rmnet.config import TrainConfig
+    from rmnet.data import make_lesion_dataset
+    from rmnet.retrieval.search import build_index
+    from rmnet.train import train
+
+    data = make_lesion_dataset(root / "data", n_per_class=40, size=32, num_classes=6)
+    config = TrainConfig(
+        arch="small_cnn",
+        rm="all",
+        hash_bits=16,
+        model_options={"width": 16},
+        data=str(data),
+        image_size=28,
+        resize=32,
+        epochs=1,
+        device="cpu",
+        workers=0,
+    )
+    train(config, root / "run", progress=False)
+    build_index(root / "run", root / "index")
+    return root / "run", root / "index"
+
+
+def query_images(size: int, n: int = 16) -> list[bytes]:
+    from PIL import Image
+
+    from rmnet.data.lesions import LESION_KINDS, render_lesion
+
+    rng = np.random.default_rng(0)
+    images = []
+    for i in range(n):
+        out = io.BytesIO()
+        Image.fromarray(render_lesion(LESION_KINDS[i % len(LESION_KINDS)], size, rng)).save(out, "PNG")
+        images.append(out.getvalue())
+    return images
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def memory_kb(pid: int) -> tuple[int, int]:
+    """(resident, peak resident) memory of process ``pid`` in KiB (Linux /proc)."""
+    values = {}
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                values[key] = int(value.split()[0])
+    return values["VmRSS"], values["VmHWM"]
+
+
+class Server:
+    """``rmnet serve`` in a child process, on a free loopback port, stopped with Ctrl-C (SIGINT)."""
+
+    def __init__(self, run: Path, index: Path, extra: list[str]) -> None:
+        import httpx
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        command = [sys.executable, "-m", "rmnet", "serve", str(run), "--index", str(index)]
+        command += ["--port", str(self.port), "--log-level", "warning", *extra]
+        self.log = tempfile.TemporaryFile(mode="w+")
+        self.process = subprocess.Popen(
+            command, stdout=self.log, stderr=subprocess.STDOUT, env=dict(os.environ, RMNET_API_KEY="")
+        )
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                httpx.get(self.url + "/healthz", timeout=5).raise_for_status()
+                return
+            except httpx.HTTPError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    self.log.seek(0)
+                    raise RuntimeError(f"rmnet serve did not start:\n{self.log.read()}") from None
+                time.sleep(0.2)
+
+    def engine(self) -> dict:
+        import httpx
+
+        return httpx.get(self.url + "/healthz", timeout=30).json()["engine"]
+
+    def engine_requests(self) -> tuple[int, int]:
+        engine = self.engine()
+        return engine["requests"], engine["batches"]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def load(url: str, images: list[bytes], clients: int, requests: int, time_cap: float) -> dict:
+    """``requests`` POSTs shared by ``clients`` threads (stop early after ``time_cap`` seconds)."""
+    import httpx
+
+    lock = threading.Lock()
+    issued = 0
+    latencies: list[float] = []
+    errors: list[str] = []
+    deadline = time.monotonic() + time_cap
+
+    def client() -> None:
+        nonlocal issued
+        with httpx.Client(timeout=60) as session:
+            while True:
+                with lock:
+                    if issued >= requests or time.monotonic() > deadline:
+                        return
+                    i = issued
+                    issued += 1
+                files = {"image": (f"lesion{i % len(images)}.png", images[i % len(images)], "image/png")}
+                started = time.perf_counter()
+                try:
+                    response = session.post(url, files=files)
+                    elapsed = time.perf_counter() - started
+                    with lock:
+                        latencies.append(elapsed)
+                        if response.status_code != 200:
+                            errors.append(f"HTTP {response.status_code}: {response.text[:200]}")
+                except httpx.HTTPError as err:
+                    with lock:
+                        errors.append(f"{type(err).__name__}: {err}")
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - started
+    ms = np.array(latencies) * 1000
+    return {
+        "requests": len(latencies) + len([e for e in errors if not e.startswith("HTTP")]),
+        "seconds": wall,
+        "requests_per_s": len(latencies) / wall,
+        "p50_ms": float(np.percentile(ms, 50)) if len(ms) else float("nan"),
+        "p95_ms": float(np.percentile(ms, 95)) if len(ms) else float("nan"),
+        "p99_ms": float(np.percentile(ms, 99)) if len(ms) else float("nan"),
+        "errors": len(errors),
+        "first_error": errors[0] if errors else "",
+        "stopped_by_time_cap": len(latencies) + len(errors) < requests,
+        "latencies_ms": ms,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--run", type=Path, help="run folder to serve (default: build the demo's model)")
+    parser.add_argument("--index", type=Path, help="its index (with --run)")
+    parser.add_argument("--requests", type=int, default=300, help="requests per endpoint and client count")
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 8], help="concurrent clients")
+    parser.add_argument("--endpoints", nargs="+", default=list(ENDPOINTS), choices=list(ENDPOINTS))
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved repetitions of every setting")
+    parser.add_argument("--time-cap", type=float, default=60.0, help="seconds at most per configuration")
+    parser.add_argument("--image-px", type=int, default=32, help="side of the uploaded lesion images")
+    parser.add_argument("--serve-option", action="append", default=[], help="extra `rmnet serve` option")
+    parser.add_argument("--out", type=Path, default=Path("results/service_load"))
+    args = parser.parse_args(argv)
+    if (args.run is None) != (args.index is None):
+        parser.error("--run and --index go together")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        run, index = (args.run, args.index) if args.run else build_example(Path(tmp))
+        images = query_images(args.image_px)
+        server = Server(run, index, [o for option in args.serve_option for o in option.split()])
+        runs: list[dict] = []
+        try:
+            for endpoint in args.endpoints:  # warm-up
+                load(server.url + ENDPOINTS[endpoint], images, 2, 20, args.time_cap)
+            engine = server.engine()
+            for repeat in range(args.repeats):  # interleaved: a slow spell of the machine hits every setting
+                for endpoint in args.endpoints:
+                    for clients in args.clients:
+                        runs.append(measure(server, endpoint, clients, images, args))
+                        print(f"repeat {repeat + 1}: {describe(runs[-1])}", flush=True)
+        finally:
+            server.stop()
+    rows = summarise(runs)
+    write_results(pd.DataFrame(rows), args, argv, pd.DataFrame(runs), engine)
+
+
+def measure(
+    server: Server, endpoint: str, clients: int, images: list[bytes], args: argparse.Namespace
+) -> dict:
+    """One configuration: the load, what the engine did meanwhile, the server's memory after it."""
+    before = server.engine_requests()
+    result = load(server.url + ENDPOINTS[endpoint], images, clients, args.requests, args.time_cap)
+    after = server.engine_requests()
+    rss, peak = memory_kb(server.process.pid)
+    return {
+        "endpoint": endpoint,
+        "clients": clients,
+        **result,
+        "requests_per_forward": (after[0] - before[0]) / max(1, after[1] - before[1]),
+        "server_rss_mb": rss / 1024,
+        "server_peak_rss_mb": peak / 1024,
+    }
+
+
+def describe(row: dict) -> str:
+    r = row
+    return (
+        f"{r['endpoint']:8} {r['clients']} clients: {r['requests_per_s']:.1f} req/s, "
+        f"p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms, errors {r['errors']}, "
+        f"{r['requests_per_forward']:.2f} requests per forward pass, server RSS {r['server_rss_mb']:.0f} MB"
+    )
+
+
+def summarise(runs: list[dict]) -> list[dict]:
+    """One row per (endpoint, clients): the median throughput of the repeats, latency percentiles
+    over all their requests, all their errors, the largest memory."""
+    rows = []
+    keys = dict.fromkeys((run["endpoint"], run["clients"]) for run in runs)
+    for endpoint, clients in keys:
+        mine = [run for run in runs if (run["endpoint"], run["clients"]) == (endpoint, clients)]
+        ms = np.concatenate([run["latencies_ms"] for run in mine])
+        rows.append(
+            {
+                "endpoint": endpoint,
+                "clients": clients,
+                "repeats": len(mine),
+                "requests": sum(run["requests"] for run in mine),
+                "requests_per_s": float(np.median([run["requests_per_s"] for run in mine])),
+                "requests_per_s_min": min(run["requests_per_s"] for run in mine),
+                "requests_per_s_max": max(run["requests_per_s"] for run in mine),
+                "p50_ms": float(np.percentile(ms, 50)),
+                "p95_ms": float(np.percentile(ms, 95)),
+                "p99_ms": float(np.percentile(ms, 99)),
+                "errors": sum(run["errors"] for run in mine),
+                "requests_per_forward": float(np.mean([run["requests_per_forward"] for run in mine])),
+                "server_rss_mb": max(run["server_rss_mb"] for run in mine),
+                "server_peak_rss_mb": max(run["server_peak_rss_mb"] for run in mine),
+                "time_cap_hit": any(run["stopped_by_time_cap"] for run in mine),
+                "first_error": next((run["first_error"] for run in mine if run["first_error"]), ""),
+            }
+        )
+    return rows
+
+
+def write_results(
+    table: pd.DataFrame, args: argparse.Namespace, argv: list[str] | None, runs: pd.DataFrame, engine: dict
+) -> None:
+    speedups = []
+    for endpoint, group in table.groupby("endpoint", sort=False):
+        by_clients = dict(zip(group["clients"], group["requests_per_s"], strict=True))
+        base = by_clients.get(1)
+        for clients, rate in by_clients.items():
+            if base and clients != 1:
+                speedups.append(f"{endpoint}: {rate / base:.2f}× at {clients} clients")
+    shown = table.drop(columns=["first_error"]).rename(
+        columns={
+            "requests_per_s": "requests/s",
+            "requests_per_forward": "requests per forward pass",
+            "server_rss_mb": "server RSS (MB)",
+            "server_peak_rss_mb": "server peak RSS (MB)",
+            "requests_per_s_min": "slowest repeat",
+            "requests_per_s_max": "fastest repeat",
+            "time_cap_hit": "time cap hit",
+        }
+    )
+    caption = (
+        f"`{command_line('benchmarks.service_load', argv)}` — {machine_description()}; other jobs shared the "
+        "cores while it ran. Server: `rmnet serve` (one uvicorn worker, micro-batching engine: "
+        f"{engine['torch_threads']} torch threads, forward passes of {engine['forward_batch']} images, as "
+        f"measured at its start-up: {engine['forward_ms_by_batch']} ms by batch size); clients: "
+        f"threads in another process on the same machine, loopback only, {args.image_px}-px PNG uploads. "
+        f"Throughput relative to 1 client: {'; '.join(speedups)}. Errors must be 0."
+    )
+    save_table(shown, args.out, "service_load", caption)
+    per_run = runs.drop(columns=["latencies_ms"])
+    save_table(per_run, args.out, "service_load_runs", caption + " Every repeat, in the order run.")
+    print(f"\n{caption}\nwritten: {args.out / 'service_load.md'}")
+
+
+if __name__ == "__main__":
+    main()
