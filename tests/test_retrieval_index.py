@@ -371,6 +371,11 @@ def test_creating_over_an_index_needs_overwrite_and_replaces_it_only_when_images
     assert (len(reopened), reopened.model, reopened.class_names) == (2, other, ["x"])
 
 
+def test_creating_with_overwrite_where_there_is_no_index_writes_an_empty_one(tmp_path):
+    CodeIndex.create(tmp_path / "new", model=MODEL, class_names=CLASSES, overwrite=True)
+    assert len(CodeIndex.open(tmp_path / "new")) == 0
+
+
 def test_a_writer_that_opened_an_older_generation_adds_to_the_latest_one(tmp_path):
     first, _ = new_index(tmp_path, n=2)
     second = CodeIndex.open(tmp_path / "index")

@@ -34,6 +34,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import sqlite3
 import threading
 import time
@@ -238,7 +239,7 @@ class CodeIndex:
         db.executescript(_SCHEMA)
         vectors = _faiss().IndexFlatIP(model.code_length)
         index = cls(root, _Generation(manifest, vectors, db), lock_timeout=lock_timeout, replacing=overwrite)
-        if not overwrite:
+        if generation == 0:  # a new folder: written at once (an index it replaces stays until an add)
             index._write([], np.zeros((0, model.code_length), np.int32), "", lock_timeout, create=True)
         return index
 
@@ -402,10 +403,13 @@ class CodeIndex:
         )
 
         def write_items(tmp: Path) -> None:
+            if base.items_path is not None:  # a committed file is never changed: copy it, no lock
+                shutil.copyfile(base.items_path, tmp)
             db = sqlite3.connect(tmp)
             try:
-                with base.lock:
-                    base.db.backup(db)
+                if base.items_path is None:  # a new index: its rows are in memory
+                    with base.lock:
+                        base.db.backup(db)
                 if not base.has_cached_path:  # an index of format 1
                     db.execute("ALTER TABLE items ADD COLUMN cached_path TEXT")
                 with db:
@@ -444,7 +448,7 @@ class CodeIndex:
 
         _write_durably(self.root / MANIFEST, write_manifest)  # the commit point
 
-        self._current = _Generation(manifest, vectors, _connect_read_only(items_path))
+        self._current = _Generation(manifest, vectors, _connect_read_only(items_path), items_path)
         self._replacing = False
         _remove_stale_files(self.root, keep={vectors_path.name, items_path.name, MANIFEST})
 
@@ -491,8 +495,14 @@ class CodeIndex:
 class _Generation:
     """One committed state of an index: never changed, so any thread may read it at any time."""
 
-    def __init__(self, manifest: dict[str, Any], vectors: faiss.Index, db: sqlite3.Connection) -> None:
-        self.manifest, self.vectors, self.db = manifest, vectors, db
+    def __init__(
+        self,
+        manifest: dict[str, Any],
+        vectors: faiss.Index,
+        db: sqlite3.Connection,
+        items_path: Path | None = None,  # None: a new index whose (empty) rows are in memory
+    ) -> None:
+        self.manifest, self.vectors, self.db, self.items_path = manifest, vectors, db, items_path
         self.lock = threading.Lock()  # one statement at a time on the shared SQLite connection
         self.has_cached_path = any(r[1] == "cached_path" for r in db.execute("PRAGMA table_info(items)"))
         self._hamming: _HammingBuckets | _HammingFlat | None = None
@@ -818,7 +828,7 @@ def _load(root: Path, manifest: dict[str, Any]) -> _Generation:
         raise IndexCorruptError(
             f"index {root} is inconsistent ({'; '.join(problems)}); rebuild it with `rmnet index build`"
         )
-    return _Generation(manifest, vectors, db)
+    return _Generation(manifest, vectors, db, items_path)
 
 
 def _read_manifest(root: Path) -> dict[str, Any]:
