@@ -34,6 +34,7 @@ reference's C4ResNet18, i.e. the GCNN row of the paper's Table 8 on a ResNet18 b
 
 from __future__ import annotations
 
+import math
 import os
 
 import torch
@@ -161,6 +162,17 @@ class C4ResNet(ImageClassifier):
         self.layers = nn.ModuleList(stages)
         self.num_features, self.num_classes, self.hash_bits = inplanes, num_classes, hash_bits
         self.head = HashHead(inplanes, num_classes, hash_bits)
+        self._initialise()
+
+    def _initialise(self) -> None:
+        """ResNet's initialisation (torchvision's): He normal with the fan-out of the dense
+        convolution a group convolution becomes (C_out·|G|·k²), biases 0. gcnn's own default (PyTorch's
+        conv init) is ~2.5× smaller, which under BatchNorm means a ~6× larger effective step."""
+        for m in self.modules():
+            if isinstance(m, (LiftingConvolution, GroupConvolution)):
+                c_out, k = m.weight.shape[0], m.weight.shape[-1]
+                nn.init.normal_(m.weight, std=math.sqrt(2.0 / (c_out * C4.order * k * k)))
+                nn.init.zeros_(m.bias)
 
     def group_maps(self, x: torch.Tensor) -> torch.Tensor:
         """The last stage's C4 group maps (B, C, 4, H', W'), equivariant to quarter turns of x."""
