@@ -429,6 +429,33 @@ def test_adding_refuses_bad_labels_ids_and_duplicates(writable):
     assert len(list((service.config.index / "cases").iterdir())) == 1  # refused uploads left no file
 
 
+def test_cases_another_process_adds_are_served_too(writable, tmp_path):
+    """`rmnet index add` while the service runs: the service picks the new generation up."""
+    from rmnet.retrieval.index import IndexItem
+
+    client, service = writable
+    service.store.REFRESH_SECONDS = 0.0
+    image = tmp_path / "outside.png"
+    image.write_bytes(png(lesion(11, "lobed")))
+    x = service.engine.prepare(Image.open(image).convert("RGB"))
+    code = service.engine.infer(x).result(timeout=30).code
+    with CodeIndex.open(service.config.index) as other_process:
+        item = IndexItem("outside-1", 1, str(image), "sha-of-outside", {})
+        other_process.add(code[None], [item], model_fingerprint=service.engine.info.fingerprint)
+    deadline = time.monotonic() + 10
+    while client.get("/api/cases/outside-1/image").status_code != 200:  # each search triggers a refresh
+        client.post("/api/search?k=1", files=files(image.read_bytes()))
+        assert time.monotonic() < deadline, "the service did not pick up the other process's case"
+        time.sleep(0.05)
+    assert (
+        client.post("/api/search?k=1", files=files(image.read_bytes())).json()["results"][0]["id"]
+        == "outside-1"
+    )
+    auth = {"Authorization": f"Bearer {KEY}"}
+    added = client.post("/api/cases", headers=auth, files=files(png(lesion(12))), data={"label": "regular"})
+    assert added.status_code == 201 and added.json()["count"] == 26
+
+
 # -- concurrency ----------------------------------------------------------------------------------------
 
 

@@ -9,10 +9,10 @@
   interleave with another add. An add is atomic and durable: the image file is written, flushed
   and renamed first, then CodeIndex commits the codes (its manifest rename is the commit point).
 
-The index knows each case's image file. The store keeps a map from case id to file, filled at
-start-up (every case, through ``CodeIndex.search`` with k = all: CodeIndex has no listing call)
-and by every search and add, so that ``GET /api/cases/{id}/image`` never builds a path from what
-the client sent.
+The index knows each case's image file: ``GET /api/cases/{id}/image`` looks the id up with
+``CodeIndex.find`` and serves the file the index names; no path is ever built from what the client
+sent. Every few seconds the writer thread picks up cases another process committed (``rmnet index
+add`` while the service runs).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import numpy as np
 from PIL import Image
 
 from rmnet.io import atomic_write
-from rmnet.retrieval.index import CodeIndex, Hit, IndexItem, ModelIdentity
+from rmnet.retrieval.index import CodeIndex, Hit, IndexItem, ModelIdentity, StoredItem
 from rmnet.service.uploads import RequestError
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,6 @@ class CaseStore:
     """A CodeIndex shared by the request threads: searches in any thread, writes on one."""
 
     REFRESH_SECONDS = 5.0  # how often to look for cases another process added (rmnet index add)
-    LIST_LIMIT = 30_000  # cases listed at start-up (CodeIndex.search's SQLite query caps k at 32,766)
 
     def __init__(self, index_dir: str | os.PathLike, cases_dir: str | os.PathLike) -> None:
         self.root = Path(index_dir)
@@ -85,7 +84,6 @@ class CaseStore:
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rmnet-index-writer")
         self._index: CodeIndex | None = None
         self._fingerprint: str | None = None
-        self._cases: dict[str, Case] = {}
         self._next_refresh = time.monotonic() + self.REFRESH_SECONDS
         self._closed = False
         self.info: IndexInfo = self._writer.submit(self._open).result()
@@ -106,29 +104,9 @@ class CaseStore:
         )
 
     def attach_model(self, fingerprint: str, code_length: int) -> None:
-        """Check that the service's model built the index, then list the indexed cases."""
-        self._writer.submit(self._attach, fingerprint, code_length).result()
-
-    def _attach(self, fingerprint: str, code_length: int) -> None:
-        self._index.check_model(fingerprint, code_length)
+        """Check that the service's model built the index (codes of the same model and length)."""
+        self._writer.submit(self._index.check_model, fingerprint, code_length).result()
         self._fingerprint = fingerprint
-        self._list_cases()
-
-    def _list_cases(self) -> None:
-        n = len(self._index)
-        if n > self.LIST_LIMIT:
-            log.warning(
-                "index %s holds %d cases, more than can be listed at start-up (%d): the image of a case "
-                "is served once a search has returned it",
-                self.root,
-                n,
-                self.LIST_LIMIT,
-            )
-            return
-        if n:
-            probe = np.ones((1, self._index.code_length), np.float32)
-            for hit in self._index.search(probe, n, model_fingerprint=self._fingerprint)[0]:
-                self._cases[hit.image_id] = _case(hit)
 
     # -- requests ----------------------------------------------------------------------------------
 
@@ -138,11 +116,7 @@ class CaseStore:
         if self.info.count == 0:
             return []
         query = np.asarray(code, np.float32)[None]
-        hits = self._index.search(query, k, model_fingerprint=self._fingerprint)[0]
-        for hit in hits:
-            if hit.image_id not in self._cases:
-                self._cases[hit.image_id] = _case(hit)
-        return hits
+        return self._index.search(query, k, model_fingerprint=self._fingerprint)[0]
 
     def _maybe_refresh(self) -> None:
         """Every few seconds, have the writer pick up what another process committed (no waiting)."""
@@ -154,7 +128,6 @@ class CaseStore:
     def _refresh(self) -> None:
         try:
             if self._index.refresh():
-                self._list_cases()
                 self.info = self._describe()
         except Exception:  # noqa: BLE001 - keep serving the generation we have
             log.exception("could not read the index's new generation")
@@ -175,7 +148,7 @@ class CaseStore:
     ) -> Case:
         digest = hashlib.sha256(data).hexdigest()
         case_id = case_id or f"case-{digest[:16]}"
-        if case_id in self._cases:
+        if self._index.find(case_id) is not None:
             raise RequestError(409, f"case id {case_id!r} is already in the index; choose another id")
         # The file is named by its content, never by the client's id: no path comes from the request.
         path = self.cases_dir / f"{digest}{extension}"
@@ -185,7 +158,6 @@ class CaseStore:
             atomic_write(path, functools.partial(_write_synced, data=data))
             _fsync_dir(self.cases_dir)
         item = IndexItem(case_id, label, str(path.resolve()), digest, metadata)
-        before = len(self._index)
         try:
             result = self._index.add(code[None], [item], model_fingerprint=self._fingerprint)
         except BaseException:
@@ -196,20 +168,18 @@ class CaseStore:
             if not existed:
                 path.unlink(missing_ok=True)
             raise RequestError(409, f"case {case_id!r} was not added: {result.skipped[0][1]}")
-        case = Case(case_id, str(path.resolve()), label, self._index.class_names[label])
-        self._cases[case_id] = case
-        if len(self._index) != before + 1:  # the add caught up with another process's commit
-            self._list_cases()
         self.info = self._describe()
-        return case
+        return Case(case_id, str(path.resolve()), label, self._index.class_names[label])
 
     def get(self, case_id: str) -> Case | None:
-        return self._cases.get(case_id)
+        """The indexed case with this id, or None (any thread)."""
+        found = self._index.find(case_id)
+        return None if found is None else _case(found)
 
     def image(self, case_id: str, size: int | None = None) -> tuple[bytes, str]:
         """(bytes, media type) of a case's image: the stored file, or a thumbnail at most ``size``
         px on a side. 404 for an unknown id or a file that is no longer there."""
-        case = self._cases.get(case_id)
+        case = self.get(case_id)
         if case is None:
             raise RequestError(404, f"no case with id {case_id[:80]!r} in the index")
         path = Path(case.path) if case.path else None
@@ -254,12 +224,11 @@ def _thumbnail(path: str, mtime_ns: int, file_size: int, size: int) -> tuple[byt
     return out.getvalue(), "image/jpeg"
 
 
-def _case(hit: Hit) -> Case:
-    path = hit.path
-    cached = getattr(hit, "cached_path", None)  # a resized copy (rmnet prepare), when the original is gone
-    if cached and not (path and Path(path).is_file()):
-        path = cached
-    return Case(hit.image_id, path, hit.label, hit.class_name)
+def _case(item: StoredItem) -> Case:
+    path = item.path
+    if item.cached_path and not (path and Path(path).is_file()):
+        path = item.cached_path  # the resized copy (rmnet prepare) when the original is not here
+    return Case(item.image_id, path, item.label, item.class_name)
 
 
 def _write_synced(tmp: Path, data: bytes) -> None:
