@@ -44,12 +44,14 @@ def infer(
     """(labels, {view: Outputs}) of ``model`` on ``dataset``; each batch is loaded once.
 
     ``views`` defaults to the images as they are (key 0); codes are kept for the views in
-    ``keep_codes`` (default: the first view) since they cost memory.
+    ``keep_codes`` (default: the first view) since they cost memory. The model runs in eval mode
+    and gets its own mode back afterwards.
     """
     model = unwrap(model)
     views = {0: lambda images, start: images} if views is None else views
     keep = set(list(views)[:1] if keep_codes is None else keep_codes)
     device = resolve_device(device)
+    was_training = model.training
     model = model.eval().to(device)
     logits: dict[Hashable, list[torch.Tensor]] = {key: [] for key in views}
     codes: dict[Hashable, list[torch.Tensor]] = {key: [] for key in views}
@@ -64,6 +66,7 @@ def infer(
             if key in keep:
                 codes[key].append(batch_codes.float().cpu())
         start += len(images)
+    model.train(was_training)
     outputs = {
         key: Outputs(
             torch.cat(logits[key]).numpy() if logits[key] else np.zeros((0, model.num_classes), np.float32),

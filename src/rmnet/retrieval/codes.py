@@ -16,8 +16,7 @@ import hashlib
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
+from torch.utils.data import Dataset
 
 from rmnet.metrics.retrieval import normalize_codes, pack_codes, quantize_codes, to_bits
 
@@ -39,18 +38,13 @@ def embed_dataset(
     """
     if len(dataset) == 0:
         raise ValueError("cannot embed an empty data set")
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    was_training = model.training
-    model.eval()
-    codes, labels = [], []
-    try:
-        with torch.inference_mode():
-            for images, targets in tqdm(loader, desc="embedding", unit="batch", disable=not progress):
-                codes.append(model.embed(images.to(device)).float().cpu().numpy())
-                labels.append(np.asarray(targets))
-    finally:
-        model.train(was_training)
-    return np.concatenate(codes).astype(np.float32, copy=False), np.concatenate(labels).astype(np.int64)
+    from rmnet.inference import infer
+
+    labels, outputs = infer(
+        model, dataset, batch_size=batch_size, device=device, workers=num_workers, progress=progress,
+        desc="embedding",
+    )  # fmt: skip
+    return outputs[0].codes.astype(np.float32, copy=False), labels.astype(np.int64)
 
 
 def model_fingerprint(model: nn.Module) -> str:
