@@ -128,19 +128,26 @@ def _figure(figures: Mapping[str, str], key: str, caption: str) -> list[str]:
 
 
 def retrieval_markdown(retrieval: Mapping[str, Any]) -> str:
-    """mAP@k and mRR@k per query rotation and distance, from rmnet.retrieval.evaluation.retrieval_report."""
+    """mAP@k and mRR@k per query rotation and ranking (%, as in the paper's Tables 10 and 11), from
+    rmnet.retrieval.evaluation.retrieval_report."""
     k = retrieval.get("k", 10)
+    header = ["query rotation", "ranking", f"mAP@{k} (%)", f"mRR@{k} (%)", "mAP, full ranking (%)"]
     rows = [
         (
-            f"{r['angle']}°",
+            f"{float(r['angle']):g}°",
             r["metric"],
-            format_percent(r["map_at_k"]),
-            format_percent(r["mrr_at_k"]),
-            format_percent(r.get("map")),
+            *(format_percent(r.get(key)) for key in ("map_at_k", "mrr_at_k", "map")),
         )
         for r in retrieval.get("results", [])
     ]
-    return markdown_table(["queries rotated", "distance", f"mAP@{k}", f"mRR@{k}", "mAP (full ranking)"], rows)
+    caption = []
+    if "database_size" in retrieval:
+        caption = [
+            f"Database {retrieval['database_size']} images, {retrieval['num_queries']} queries, "
+            f"{retrieval['code_length']}-dimensional codes.",
+            "",
+        ]
+    return "\n".join([*caption, markdown_table(header, rows)]) + "\n"
 
 
 # Repeated runs: mean ± SD, as the paper reports.

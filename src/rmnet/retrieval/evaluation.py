@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import Dataset
@@ -87,17 +86,6 @@ def retrieval_report(
 
 def format_retrieval_report(report: dict[str, Any]) -> str:
     """The report as a Markdown table (percentages, as in the paper's Tables 10 and 11)."""
-    k = report["k"]
-    lines = [
-        f"Database {report['database_size']} images, {report['num_queries']} queries, "
-        f"{report['code_length']}-dimensional codes.",
-        "",
-        f"| query rotation | ranking | mAP@{k} (%) | mRR@{k} (%) | mAP, full ranking (%) |",
-        "|---:|---|---:|---:|---:|",
-    ]
-    for row in report["results"]:
-        values = (100 * np.array([row["map_at_k"], row["mrr_at_k"], row["map"]])).round(2)
-        lines.append(
-            f"| {row['angle']:g}° | {row['metric']} | " + " | ".join(f"{v:.2f}" for v in values) + " |"
-        )
-    return "\n".join(lines) + "\n"
+    from rmnet.report import retrieval_markdown
+
+    return retrieval_markdown(report)
