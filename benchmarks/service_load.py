@@ -5,9 +5,10 @@
 
 Starts ``rmnet serve`` as a separate process on a free 127.0.0.1 port (the deployed command, one
 uvicorn worker) and sends it, for each endpoint (predict, search) and each number of concurrent
-clients, a fixed number of requests (each client a thread with its own keep-alive connection,
-uploading one of 16 generated lesion images in turn). A configuration stops when its requests are
-done or after ``--time-cap`` seconds; every configuration runs ``--repeats`` times, interleaved (the
+clients, a fixed number of requests (each client a thread with its own keep-alive
+``http.client`` connection, uploading one of 16 generated lesion images in turn). A configuration
+stops when its requests are done or after ``--time-cap`` seconds; every configuration runs
+``--repeats`` times, interleaved (the
 table gives the median throughput); the server is stopped at the end. Bounded by construction:
 nothing here runs forever or leaves loopback.
 
@@ -25,6 +26,7 @@ Writes results/service_load/service_load.{csv,md}.
 from __future__ import annotations
 
 import argparse
+import http.client
 import io
 import os
 import signal
@@ -35,6 +37,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 import pandas as pd
@@ -145,10 +148,30 @@ class Server:
                 self.process.wait()
 
 
-def load(url: str, images: list[bytes], clients: int, requests: int, time_cap: float) -> dict:
-    """``requests`` POSTs shared by ``clients`` threads (stop early after ``time_cap`` seconds)."""
-    import httpx
+def multipart(image: bytes, name: str) -> tuple[bytes, str]:
+    """(body, content type) of a form with one file field ``image``, encoded once per image."""
+    boundary = "rmnet-service-load-boundary"
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{name}"\r\n'
+            f"Content-Type: image/png\r\n\r\n"
+        ).encode()
+        + image
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    return body, f"multipart/form-data; boundary={boundary}"
 
+
+def load(url: str, images: list[bytes], clients: int, requests: int, time_cap: float) -> dict:
+    """``requests`` POSTs shared by ``clients`` threads (stop early after ``time_cap`` seconds).
+
+    Each client is a thread with one keep-alive connection (``http.client``: a lean load generator,
+    so that the clients, which share the machine's cores with the server, take as little as
+    possible of them); the request bodies are encoded once, before the clock starts.
+    """
+    parts = urlsplit(url)
+    path = parts.path + (f"?{parts.query}" if parts.query else "")
+    bodies = [multipart(image, f"lesion{i}.png") for i, image in enumerate(images)]
     lock = threading.Lock()
     issued = 0
     latencies: list[float] = []
@@ -157,25 +180,32 @@ def load(url: str, images: list[bytes], clients: int, requests: int, time_cap: f
 
     def client() -> None:
         nonlocal issued
-        with httpx.Client(timeout=60) as session:
+        connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
+        try:
             while True:
                 with lock:
                     if issued >= requests or time.monotonic() > deadline:
                         return
                     i = issued
                     issued += 1
-                files = {"image": (f"lesion{i % len(images)}.png", images[i % len(images)], "image/png")}
+                body, content_type = bodies[i % len(bodies)]
                 started = time.perf_counter()
                 try:
-                    response = session.post(url, files=files)
+                    connection.request("POST", path, body=body, headers={"Content-Type": content_type})
+                    response = connection.getresponse()
+                    payload = response.read()
                     elapsed = time.perf_counter() - started
                     with lock:
                         latencies.append(elapsed)
-                        if response.status_code != 200:
-                            errors.append(f"HTTP {response.status_code}: {response.text[:200]}")
-                except httpx.HTTPError as err:
+                        if response.status != 200:
+                            errors.append(f"HTTP {response.status}: {payload[:200]!r}")
+                except (OSError, http.client.HTTPException) as err:
+                    connection.close()
+                    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
                     with lock:
                         errors.append(f"{type(err).__name__}: {err}")
+        finally:
+            connection.close()
 
     threads = [threading.Thread(target=client) for _ in range(clients)]
     started = time.perf_counter()
@@ -321,7 +351,8 @@ def write_results(
         "cores while it ran. Server: `rmnet serve` (one uvicorn worker, micro-batching engine: "
         f"{engine['torch_threads']} torch threads, forward passes of {engine['forward_batch']} images, as "
         f"measured at its start-up: {engine['forward_ms_by_batch']} ms by batch size); clients: "
-        f"threads in another process on the same machine, loopback only, {args.image_px}-px PNG uploads. "
+        f"threads in another process on the same machine (http.client, keep-alive), loopback only, "
+        f"{args.image_px}-px PNG uploads. "
         f"Throughput relative to 1 client: {'; '.join(speedups)}. Errors must be 0."
     )
     save_table(shown, args.out, "service_load", caption)

@@ -633,6 +633,32 @@ def test_the_queue_has_a_limit_and_closing_fails_waiting_requests():
             future.result(timeout=5)
 
 
+def test_parallel_workers_agree_with_one_and_grad_cam_runs_alone(example):
+    demo, _ = example
+    images = [torch.from_numpy(lesion(300 + i)).permute(2, 0, 1).float() / 255 for i in range(12)]
+    images = [x[:, 2:18, 2:18] for x in images]  # the network input size (16 px)
+    single = InferenceEngine.from_run(demo / "rm", device="cpu", workers=1)
+    parallel = InferenceEngine.from_run(demo / "rm", device="cpu", workers=3)
+    try:
+        expected = [single.infer(x, turns=True).result(timeout=30) for x in images]
+        with ThreadPoolExecutor(6) as pool:
+            futures = [
+                pool.submit(lambda x: parallel.infer(x, turns=True).result(timeout=60), x) for x in images
+            ]
+            explanations = [parallel.explain(x) for x in images[:3]]
+            got = [f.result() for f in futures]
+        for a, b in zip(expected, got, strict=True):
+            np.testing.assert_allclose(a.turns, b.turns, atol=1e-5)
+            np.testing.assert_allclose(a.code, b.code, atol=1e-5)
+        for explanation in explanations:
+            heatmap = explanation.result(timeout=60).heatmap
+            assert heatmap.shape == (16, 16) and 0 <= heatmap.min() and heatmap.max() <= 1
+        assert parallel.stats.requests == 12 and parallel.stats.explanations == 3
+    finally:
+        single.close()
+        parallel.close()
+
+
 # -- the command line -----------------------------------------------------------------------------------
 
 

@@ -110,7 +110,8 @@ def build_service(config: ServiceConfig) -> Service:
 
     from rmnet.io import resolve_device
 
-    threads = config.torch_threads or default_torch_threads(resolve_device(config.device))
+    workers, threads = default_parallelism(resolve_device(config.device))
+    workers, threads = config.workers or workers, config.torch_threads or threads
     if threads:
         torch.set_num_threads(threads)
     store = CaseStore(config.index, config.resolved_cases_dir)
@@ -124,6 +125,7 @@ def build_service(config: ServiceConfig) -> Service:
             forward_batch=config.forward_batch,
             batch_wait_ms=config.batch_wait_ms,
             max_queue=config.max_queue,
+            workers=workers,
         )
     except BaseException:
         store.close()
@@ -142,13 +144,19 @@ def build_service(config: ServiceConfig) -> Service:
     return Service(config, engine, store, config.resolved_api_key)
 
 
-def default_torch_threads(device) -> int | None:
-    """On a CPU, half the cores this process may use (at least 1) for the model's forward passes:
-    the other half decode uploads and speak HTTP. On a GPU, torch's default (None)."""
+def default_parallelism(device) -> tuple[int, int | None]:
+    """(inference workers, torch threads per worker) when the command line does not say.
+
+    On a CPU with C cores: min(4, C) workers of C // workers threads each (2 cores: 2 workers of 1
+    thread). Concurrent requests then run in parallel forward passes instead of queueing for one
+    pass spread thin over all cores, which on a busy machine waits for its slowest thread
+    (docs/service.md has the measurements). On a GPU: one worker, torch's default threads.
+    """
     if device.type != "cpu":
-        return None
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 2)
-    return max(1, cores // 2)
+        return 1, None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    workers = max(1, min(4, cores))
+    return workers, max(1, cores // workers)
 
 
 def resolve_run(run: Path, index_run: str | None) -> Path:
@@ -272,6 +280,7 @@ def create_app(service: Service) -> FastAPI:
             },
             "engine": {
                 "device": str(engine.device),
+                "workers": len(engine.workers),
                 "torch_threads": engine.torch_threads,
                 "max_batch_images": engine.max_batch,
                 "gather_limit_images": engine.gather_limit,

@@ -68,9 +68,15 @@ def add_serve_command(commands: argparse._SubParsersAction) -> None:
         help="how long a batch waits for requests already being decoded (a lone request never waits)",
     )
     parser.add_argument(
+        "--workers",
+        type=int,
+        help="inference threads sharing the model, forward passes in parallel (default on a CPU: "
+        "min(4, cores); on a GPU: 1). One process, one model in memory: not uvicorn workers",
+    )
+    parser.add_argument(
         "--torch-threads",
         type=int,
-        help="torch threads for the model (default on a CPU: half the cores; the rest serve HTTP)",
+        help="torch threads per inference worker (default on a CPU: cores / workers)",
     )
     parser.add_argument(
         "--log-level",
@@ -100,5 +106,6 @@ def run_serve(args: argparse.Namespace) -> None:
         forward_batch=args.forward_batch,
         batch_wait_ms=args.batch_wait_ms,
         torch_threads=args.torch_threads,
+        workers=args.workers,
     )
     serve(config, log_level=args.log_level)

@@ -36,7 +36,8 @@ class ServiceConfig:
     forward_batch: int | None = None  # images per forward pass (None: the fastest, measured at start-up)
     batch_wait_ms: float = 2.0  # how long the first request of a batch waits for others
     max_queue: int = 256  # requests waiting for the model before the service answers 503
-    torch_threads: int | None = None  # torch intra-op threads (None: half the cores on a CPU)
+    workers: int | None = None  # inference threads sharing the model (None: see default_parallelism)
+    torch_threads: int | None = None  # torch threads per worker (None: see default_parallelism)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "run", Path(self.run))
@@ -51,6 +52,7 @@ class ServiceConfig:
             "forward_batch": self.forward_batch is None or self.forward_batch >= 1,
             "batch_wait_ms": self.batch_wait_ms >= 0,
             "max_queue": self.max_queue >= 1,
+            "workers": self.workers is None or self.workers >= 1,
             "port": 0 <= self.port <= 65535,
         }
         bad = [name for name, ok in checks.items() if not ok]

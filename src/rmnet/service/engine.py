@@ -1,8 +1,9 @@
-"""The inference engine of the service: one model, one worker thread, requests batched together.
+"""The inference engine of the service: one model, worker threads, requests batched together.
 
 Every request hands its image tensor to :meth:`InferenceEngine.infer` and gets a
 ``concurrent.futures.Future``; the event loop awaits it (``asyncio.wrap_future``) and never runs the
-model itself. One worker thread owns the model:
+model itself. Worker threads ("rmnet-inference-N"; ``rmnet serve`` picks how many) run the model.
+Each worker:
 
 - it takes the oldest waiting request, then the other waiting requests that fit in one forward
   pass (``forward_batch`` images, at least one predict: a predict counts 4, its quarter turns), and
@@ -16,10 +17,12 @@ model itself. One worker thread owns the model:
 - When a request is alone but others are known to be on their way (announced with
   :meth:`arriving` while their upload is decoded), it waits up to ``batch_wait_ms`` for them; a
   lone client never waits.
-- Grad-CAM (:meth:`explain`) runs on the same thread, between batches: captum puts hooks on the
-  model's layer, which must not fire during another request's forward pass.
+- Grad-CAM (:meth:`explain`) runs on a worker too, alone: captum puts hooks on the model's layer,
+  which must not fire during another request's forward pass, so an explanation holds the model
+  exclusively while batches share it (a readers-writer lock).
 
-So the model is only ever used by one thread, and the torch thread pool serves that one caller.
+With several workers (``workers``), forward passes run in parallel on the shared model (inference
+reads the weights, never writes them), each on ``torch.get_num_threads()`` threads.
 """
 
 from __future__ import annotations
@@ -161,9 +164,12 @@ class InferenceEngine:
         forward_batch: int | None = None,
         batch_wait_ms: float = 2.0,
         max_queue: int = 256,
+        workers: int = 1,
     ) -> None:
         if not hasattr(model, "forward_codes"):
             raise TypeError(f"{type(model).__name__} has no forward_codes(): the service serves rmnet models")
+        if workers < 1:
+            raise ValueError(f"workers must be at least 1, got {workers}")
         if max_batch < len(QUARTER_TURNS):
             raise ValueError(f"max_batch must be at least {len(QUARTER_TURNS)} (one predict's quarter turns)")
         self.device = torch.device(device)
@@ -177,12 +183,18 @@ class InferenceEngine:
         # requests gathered per batch: one forward pass, or one predict when a pass is smaller
         self.gather_limit = min(self.max_batch, max(self.forward_batch, len(QUARTER_TURNS)))
         self.stats = EngineStats()
+        self._stats_lock = threading.Lock()
+        self._model_lock = _SharedExclusiveLock()
         self._queue: deque[_Job] = deque()
         self._arriving = 0
         self._closed = False
         self._cond = threading.Condition()
-        self._worker = threading.Thread(target=self._run, name="rmnet-inference", daemon=True)
-        self._worker.start()
+        self.workers = [
+            threading.Thread(target=self._run, name=f"rmnet-inference-{i}", daemon=True)
+            for i in range(workers)
+        ]
+        for worker in self.workers:
+            worker.start()
 
     @classmethod
     def from_run(
@@ -283,7 +295,8 @@ class InferenceEngine:
         for job in waiting:
             if job.future.set_running_or_notify_cancel():
                 job.future.set_exception(EngineClosedError("the service is shutting down"))
-        self._worker.join(timeout=30)
+        for worker in self.workers:
+            worker.join(timeout=30)
 
     def _submit(self, job: _Job, arrival: Arrival | None) -> Future:
         with self._cond:
@@ -299,7 +312,7 @@ class InferenceEngine:
             self._cond.notify_all()
         return job.future
 
-    # -- the worker thread -----------------------------------------------------------------------
+    # -- the worker threads ----------------------------------------------------------------------
 
     def _run(self) -> None:
         while True:
@@ -350,7 +363,7 @@ class InferenceEngine:
         for job in batch:
             images += [torch.rot90(job.x, i, dims=(1, 2)) for i in range(job.images)]
         stacked, step = torch.stack(images).to(self.device), self.forward_batch
-        with torch.inference_mode():
+        with self._model_lock.shared(), torch.inference_mode():
             outputs = [self.model.forward_codes(stacked[i : i + step]) for i in range(0, len(stacked), step)]
         codes = torch.cat([c for c, _ in outputs]).float().cpu().numpy()
         probabilities = (
@@ -362,12 +375,13 @@ class InferenceEngine:
             turns = probabilities[start:end] if job.turns else None
             job.future.set_result(Inference(probabilities[start], codes[start], turns))
             start = end
-        stats = self.stats
-        stats.batches += 1
-        stats.requests += len(batch)
-        stats.images += len(images)
-        stats.largest_batch = max(stats.largest_batch, len(batch))
-        stats.requests_per_batch[len(batch)] = stats.requests_per_batch.get(len(batch), 0) + 1
+        with self._stats_lock:
+            stats = self.stats
+            stats.batches += 1
+            stats.requests += len(batch)
+            stats.images += len(images)
+            stats.largest_batch = max(stats.largest_batch, len(batch))
+            stats.requests_per_batch[len(batch)] = stats.requests_per_batch.get(len(batch), 0) + 1
 
     def _run_explain(self, job: _Job) -> None:
         if not job.future.set_running_or_notify_cancel():
@@ -377,7 +391,7 @@ class InferenceEngine:
         from captum.attr import LayerAttribution, LayerGradCam
 
         x = job.x[None].to(self.device).requires_grad_(True)
-        with torch.inference_mode(False), torch.enable_grad():
+        with self._model_lock.exclusive(), torch.inference_mode(False), torch.enable_grad():
             with torch.no_grad():
                 probabilities = torch.softmax(self.model(x).float(), dim=1)[0].cpu().numpy()
             target = int(probabilities.argmax()) if job.target is None else job.target
@@ -389,8 +403,48 @@ class InferenceEngine:
         heatmap = upsampled[0].sum(0).detach().float().cpu().numpy()
         peak = float(heatmap.max())
         heatmap = np.clip(heatmap / peak, 0, 1) if peak > 0 else np.zeros_like(heatmap)
-        self.stats.explanations += 1
+        with self._stats_lock:
+            self.stats.explanations += 1
         job.future.set_result(Explanation(heatmap, target, probabilities))
+
+
+class _SharedExclusiveLock:
+    """A readers-writer lock: any number of shared holders, or one exclusive holder. A waiting
+    exclusive request stops new shared ones, so an explanation is not starved by a busy queue."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._shared = 0
+        self._exclusive = False
+        self._waiting_exclusive = 0
+
+    @contextlib.contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._cond:
+            while self._exclusive or self._waiting_exclusive:
+                self._cond.wait()
+            self._shared += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._shared -= 1
+                self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._cond:
+            self._waiting_exclusive += 1
+            while self._exclusive or self._shared:
+                self._cond.wait()
+            self._waiting_exclusive -= 1
+            self._exclusive = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._exclusive = False
+                self._cond.notify_all()
 
 
 def _gradcam_layer(model: nn.Module, image_size: int, device: torch.device) -> tuple[str, nn.Module | None]:
