@@ -42,7 +42,7 @@ from benchmarks.compute_overhead import (  # noqa: E402
     training_step,
 )
 from rmnet import create_model, list_models, register_model  # noqa: E402
-from rmnet.config import TrainConfig  # noqa: E402
+from rmnet.config import TrainConfig, build_model  # noqa: E402
 from rmnet.data import TensorImageDataset, load_digits_tensors  # noqa: E402
 from rmnet.data.transforms import random_rotation  # noqa: E402
 from rmnet.groups import rotate  # noqa: E402
@@ -83,6 +83,12 @@ METHODS: dict[str, dict] = {
     ),
     "RM all (k=4) + RA ±45°, 3× epochs": dict(
         arch="small_cnn", rm="all", model_options=W32, rotation_augmentation=45, epochs_times=3
+    ),
+    "RM all (k=4) + RA ±45°, 6× epochs": dict(
+        arch="small_cnn", rm="all", model_options=W32, rotation_augmentation=45, epochs_times=6
+    ),
+    "RM all (k=8) + RA ±22.5°, 3× epochs": dict(
+        arch="small_cnn", rm="all", k=8, model_options=W32, rotation_augmentation=22.5, epochs_times=3
     ),
 }
 QUARTER_TURNS = (90, 180, 270)
@@ -225,6 +231,26 @@ def time_steps(models: dict[str, nn.Module], split: dict, batch_size: int, repea
     return pd.DataFrame(ratios)
 
 
+def method_config(base: TrainConfig, label: str, seed: int, epochs: int) -> TrainConfig:
+    """The TrainConfig of ``label`` (METHODS) for one seed: one grey channel; ``epochs_times``
+    lengthens the schedule, the learning-rate step at the same fraction of it."""
+    fields = dict(METHODS[label])
+    options = {"in_chans": 1, **fields.get("model_options", {})}
+    if "epochs_times" in fields:
+        longer = epochs * fields.pop("epochs_times")
+        fields.update(epochs=longer, lr_step=max(1, round(longer * 2 / 3)))
+    return base.replace(**{**fields, "model_options": options}, seed=seed)
+
+
+def reusable_runs(paths: list[Path]) -> dict[tuple[str, int], dict]:
+    """(method, seed): a row of earlier runs.csv files (the last file wins), to reuse as is."""
+    rows = {}
+    for path in paths:
+        for row in pd.read_csv(path).to_dict("records"):
+            rows[row["method"], int(row["seed"])] = row
+    return rows
+
+
 def _repeat(step: Callable[[], None], times: int) -> None:
     for _ in range(times):
         step()
@@ -301,6 +327,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=None, help="default: all")
     parser.add_argument("--timing-repeats", type=int, default=15, help="interleaved timing repetitions")
     parser.add_argument("--out", type=Path, default=Path("results/rotated_digits"))
+    parser.add_argument(
+        "--reuse-runs",
+        type=Path,
+        nargs="+",
+        default=[],
+        help="runs.csv files of earlier runs with this code: a (method, seed) found there is not trained "
+        "again (every method is still timed, on a fresh model)",
+    )
     args = parser.parse_args(argv)
 
     methods = args.methods or [m for m in METHODS if enn is not None or METHODS[m]["arch"] != "e2cnn_c4"]
@@ -319,19 +353,24 @@ def main(argv: list[str] | None = None) -> None:
         workers=0,
         device="cpu",
     )
-    rows, first_models = [], {}
+    previous = reusable_runs(args.reuse_runs)
+    rows, first_models, reused = [], {}, set()
     runs = [(seed, label) for seed in args.seeds for label in methods]  # seeds outermost: drift hits all
     for seed, label in tqdm(runs, desc="training runs"):
-        fields = dict(METHODS[label])
-        options = {"in_chans": 1, **fields.get("model_options", {})}
-        if "epochs_times" in fields:  # a longer schedule, the learning-rate step at the same fraction
-            epochs = args.epochs * fields.pop("epochs_times")
-            fields.update(epochs=epochs, lr_step=max(1, round(epochs * 2 / 3)))
-        config = base.replace(**{**fields, "model_options": options}, seed=seed)
+        config = method_config(base, label, seed, args.epochs)
+        if (label, seed) in previous:
+            rows.append({**previous[label, seed], "epochs": config.epochs})
+            reused.add(label)
+            continue
         row, model = train_and_test(label, config, split, sets)
         rows.append(row)
         first_models.setdefault(label, model)
         tqdm.write(f"{label} seed {seed}: upright {row['0°']:.1f}%, random {row['random 0–360°']:.1f}%")
+    for label in methods:  # a method whose runs were all reused is timed on a fresh model
+        if label not in first_models:
+            torch.manual_seed(0)
+            first_models[label] = build_model(method_config(base, label, 0, args.epochs), num_classes=10)
+    first_models = {label: first_models[label] for label in methods}
 
     runs_table = pd.DataFrame(rows)
     timing = time_steps(first_models, split, args.batch_size, repeats=args.timing_repeats)
@@ -348,8 +387,8 @@ def main(argv: list[str] | None = None) -> None:
         f"{n_train} train / {n_val} val / {n_test} test (stratified, fixed), trained on upright digits, "
         'never flipped; "+ RA ±a°" rotates each training image by an angle uniform in [−a°, a°] '
         f"(RA: the whole circle). rmnet.train.fit: SGD lr {args.lr} (×0.1 after epoch {base.lr_step}), "
-        f'momentum 0.9, weight decay 1e-4, batch {args.batch_size}, {args.epochs} epochs ("3× epochs": '
-        f"{3 * args.epochs}, ×0.1 after epoch {max(1, round(args.epochs * 2))}), weighted cross-entropy; "
+        f'momentum 0.9, weight decay 1e-4, batch {args.batch_size}, {args.epochs} epochs ("n× epochs": '
+        f"n·{args.epochs}, ×0.1 after two thirds of them), weighted cross-entropy; "
         f"the model after the last epoch. Accuracy (%) mean ± SD over {len(args.seeds)} training seeds; "
         "random 0–360° averages "
         f"{len(args.test_seeds)} fixed draws of one angle per test image. Times are relative to the plain "
@@ -360,6 +399,12 @@ def main(argv: list[str] | None = None) -> None:
         "validation included (the machine is shared: compare the interleaved ratios). "
         "Invariance error: mean |logits(rot90 x) − logits(x)| / mean |logits(x)| on the upright test set."
     )
+    if reused:
+        sources = ", ".join(str(path) for path in args.reuse_runs)
+        caption += (
+            f" Accuracy of {', '.join(sorted(reused))} from earlier runs ({sources}; same code path), "
+            "their time ratios from this run."
+        )
     atomic_write_text(args.out / "results.md", f"{caption}\n\n{markdown_table(text)}")
     print((args.out / "results.md").read_text())
 
