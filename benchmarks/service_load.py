@@ -92,6 +92,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` so far (Linux /proc), all its threads."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def memory_kb(pid: int) -> tuple[int, int]:
     """(resident, peak resident) memory of process ``pid`` in KiB (Linux /proc)."""
     values = {}
@@ -272,14 +279,19 @@ def measure(
 ) -> dict:
     """One configuration: the load, what the engine did meanwhile, the server's memory after it."""
     before = server.engine_requests()
+    server_cpu, client_cpu = cpu_seconds(server.process.pid), time.process_time()
     result = load(server.url + ENDPOINTS[endpoint], images, clients, args.requests, args.time_cap)
+    server_cpu, client_cpu = cpu_seconds(server.process.pid) - server_cpu, time.process_time() - client_cpu
     after = server.engine_requests()
     rss, peak = memory_kb(server.process.pid)
+    done = max(1, result["requests"])
     return {
         "endpoint": endpoint,
         "clients": clients,
         **result,
         "requests_per_forward": (after[0] - before[0]) / max(1, after[1] - before[1]),
+        "server_cpu_ms_per_request": 1000 * server_cpu / done,
+        "client_cpu_ms_per_request": 1000 * client_cpu / done,
         "server_rss_mb": rss / 1024,
         "server_peak_rss_mb": peak / 1024,
     }
@@ -316,6 +328,12 @@ def summarise(runs: list[dict]) -> list[dict]:
                 "p99_ms": float(np.percentile(ms, 99)),
                 "errors": sum(run["errors"] for run in mine),
                 "requests_per_forward": float(np.mean([run["requests_per_forward"] for run in mine])),
+                "server_cpu_ms_per_request": float(
+                    np.median([run["server_cpu_ms_per_request"] for run in mine])
+                ),
+                "client_cpu_ms_per_request": float(
+                    np.median([run["client_cpu_ms_per_request"] for run in mine])
+                ),
                 "server_rss_mb": max(run["server_rss_mb"] for run in mine),
                 "server_peak_rss_mb": max(run["server_peak_rss_mb"] for run in mine),
                 "time_cap_hit": any(run["stopped_by_time_cap"] for run in mine),
@@ -339,6 +357,8 @@ def write_results(
         columns={
             "requests_per_s": "requests/s",
             "requests_per_forward": "requests per forward pass",
+            "server_cpu_ms_per_request": "server CPU ms/request",
+            "client_cpu_ms_per_request": "client CPU ms/request",
             "server_rss_mb": "server RSS (MB)",
             "server_peak_rss_mb": "server peak RSS (MB)",
             "requests_per_s_min": "slowest repeat",

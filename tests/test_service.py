@@ -334,6 +334,21 @@ def test_uploads_are_never_written_to_disk(client, monkeypatch, tmp_path):
     assert list(spool.iterdir()) == []
 
 
+def test_uploads_are_decoded_upright_in_rgb():
+    from rmnet.service.uploads import decode_image
+
+    upright = lesion(13)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored turned: rotate 90° clockwise to display
+    stored = png(Image.fromarray(np.rot90(upright).copy()), exif=exif)
+    decoded = decode_image(stored, max_pixels=10**6)
+    np.testing.assert_array_equal(np.asarray(decoded.image), upright)
+    for mode in ("L", "RGBA", "P", "CMYK"):
+        image = Image.fromarray(upright).convert(mode)
+        fmt = "JPEG" if mode == "CMYK" else "PNG"
+        assert decode_image(png(image, fmt), max_pixels=10**6).image.mode == "RGB"
+
+
 def test_the_service_stays_up_after_bad_input(client):
     for data, _, _ in BAD_IMAGES.values():
         client.post("/api/predict", files=files(data))

@@ -228,14 +228,16 @@ def decode_image(
             scale = draft_short_edge / min(width, height)
             image.draft("RGB", (max(1, round(width * scale)), max(1, round(height * scale))))
         image.load()
-        upright = ImageOps.exif_transpose(image)
-        rgb = upright if upright.mode == "RGB" else upright.convert("RGB")
+        ImageOps.exif_transpose(image, in_place=True)  # our own decoded copy: no need for another
+        rgb = image if image.mode == "RGB" else image.convert("RGB")
         rgb.load()
     except RequestError:
+        image.close()
         raise
     except Exception as err:  # noqa: BLE001 - truncated, corrupt or hostile data: the upload's fault
+        image.close()
         raise RequestError(422, f"the image data is truncated or corrupt: {_reason(err)}") from None
-    finally:
+    if rgb is not image:
         image.close()
     return DecodedImage(rgb, file_format, width, height)
 
