@@ -1,6 +1,6 @@
 """Load on the CAD service (`rmnet serve`) over loopback: throughput, latency, errors, memory.
 
-    .venv/bin/python -m benchmarks.service_load [--run RUN --index INDEX] [--requests 200]
+    .venv/bin/python -m benchmarks.service_load [--run RUN --index INDEX] [--requests 1000]
                                                 [--clients 1 4 8] [--time-cap 60]
 
 Starts ``rmnet serve`` as a separate process on a free 127.0.0.1 port (the deployed command, one
@@ -42,7 +42,7 @@ from urllib.parse import urlsplit
 import numpy as np
 import pandas as pd
 
-from benchmarks import command_line, machine_description, save_table
+from benchmarks import command_line, save_table
 
 ENDPOINTS = {"predict": "/api/predict", "search": "/api/search?k=10"}
 
@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--run", type=Path, help="run folder to serve (default: build the demo's model)")
     parser.add_argument("--index", type=Path, help="its index (with --run)")
-    parser.add_argument("--requests", type=int, default=300, help="requests per endpoint and client count")
+    parser.add_argument("--requests", type=int, default=1000, help="requests per endpoint and client count")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 8], help="concurrent clients")
     parser.add_argument("--endpoints", nargs="+", default=list(ENDPOINTS), choices=list(ENDPOINTS))
     parser.add_argument("--repeats", type=int, default=5, help="interleaved repetitions of every setting")
@@ -254,6 +254,7 @@ def main(argv: list[str] | None = None) -> None:
     if (args.run is None) != (args.index is None):
         parser.error("--run and --index go together")
 
+    load_average = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         run, index = (args.run, args.index) if args.run else build_example(Path(tmp))
         images = query_images(args.image_px)
@@ -271,7 +272,7 @@ def main(argv: list[str] | None = None) -> None:
         finally:
             server.stop()
     rows = summarise(runs)
-    write_results(pd.DataFrame(rows), args, argv, pd.DataFrame(runs), engine)
+    write_results(pd.DataFrame(rows), args, argv, pd.DataFrame(runs), engine, load_average)
 
 
 def measure(
@@ -343,8 +344,31 @@ def summarise(runs: list[dict]) -> list[dict]:
     return rows
 
 
+def machine() -> str:
+    """The date, the CPU model and its cores, the GPU (none here), torch's version."""
+    import datetime
+    import platform
+
+    import torch
+
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            model = next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
+    today = datetime.date.today().isoformat()
+    return f"{today}, {model}, {os.cpu_count()} CPU cores, {gpu}, torch {torch.__version__}"
+
+
 def write_results(
-    table: pd.DataFrame, args: argparse.Namespace, argv: list[str] | None, runs: pd.DataFrame, engine: dict
+    table: pd.DataFrame,
+    args: argparse.Namespace,
+    argv: list[str] | None,
+    runs: pd.DataFrame,
+    engine: dict,
+    load: tuple[float, float, float],
 ) -> None:
     speedups = []
     for endpoint, group in table.groupby("endpoint", sort=False):
@@ -367,11 +391,13 @@ def write_results(
         }
     )
     caption = (
-        f"`{command_line('benchmarks.service_load', argv)}` — {machine_description()}; other jobs shared the "
-        "cores while it ran. Server: `rmnet serve` (one uvicorn worker, micro-batching engine: "
-        f"{engine['torch_threads']} torch threads, forward passes of {engine['forward_batch']} images, as "
-        f"measured at its start-up: {engine['forward_ms_by_batch']} ms by batch size); clients: "
-        f"threads in another process on the same machine (http.client, keep-alive), loopback only, "
+        f"`{command_line('benchmarks.service_load', argv)}` — {machine()}; other jobs shared the "
+        f"cores while it ran (load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} over 1 / 5 / 15 min "
+        "when it started). Server: `rmnet serve` with its defaults for this machine, one process: "
+        f"{engine['workers']} inference workers × {engine['torch_threads']} torch thread(s), forward passes "
+        f"of {engine['forward_batch']} images (the fastest per image when it started; ms per pass by batch "
+        f"size: {engine['forward_ms_by_batch']}). Clients: threads of another process on the same machine "
+        "(http.client, keep-alive), loopback only, "
         f"{args.image_px}-px PNG uploads. "
         f"Throughput relative to 1 client: {'; '.join(speedups)}. Errors must be 0."
     )
