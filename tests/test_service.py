@@ -650,7 +650,7 @@ def test_the_queue_has_a_limit_and_closing_fails_waiting_requests():
 
 def test_parallel_workers_agree_with_one_and_grad_cam_runs_alone(example):
     demo, _ = example
-    images = [torch.from_numpy(lesion(300 + i)).permute(2, 0, 1).float() / 255 for i in range(12)]
+    images = [torch.tensor(lesion(300 + i)).permute(2, 0, 1).float() / 255 for i in range(12)]
     images = [x[:, 2:18, 2:18] for x in images]  # the network input size (16 px)
     single = InferenceEngine.from_run(demo / "rm", device="cpu", workers=1)
     parallel = InferenceEngine.from_run(demo / "rm", device="cpu", workers=3)
