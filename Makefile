@@ -5,9 +5,11 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint bench serve
 
-$(STAMP): pyproject.toml
+# constraints.txt pins every package to the version the tests passed with (regenerate it with
+# `.venv/bin/pip freeze --exclude-editable > constraints.txt` after changing a dependency).
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -q -e ".[dev]"
+	$(VENV)/bin/pip install -q -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
 
 demo: $(STAMP)
