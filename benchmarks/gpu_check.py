@@ -15,9 +15,11 @@ at k = 8 (45° steps, bilinear), each with channels-last off and on:
 every variant timed in interleaved rounds (ratios within a round, medians over rounds). Then a
 short end-to-end ``rmnet train`` (RM 5–8, ``--amp``, channels-last, 2 epochs) on a generated
 folder in the ISIC 2019 layout (images, ground-truth CSV, metadata CSV), which must finish with
-a finite loss and write its run folder. Writes results/gpu/: gpu_check.md (everything, with the
-device, driver-side versions and the command), steps.csv (one row per variant), train_run.json
-(the end-to-end run) and the run folder train_run/.
+a finite loss and write its run folder. Writes four files to results/gpu/ (few and flat, so
+that all of them come back from a lent machine's output folder): gpu_check.md (everything, with
+the device, the versions and the command), steps.csv (one row per variant), train_run.json (the
+end-to-end run) and train_metrics.csv (its metrics.csv); the run folder itself stays in a
+temporary folder.
 
 Without a CUDA device it stops at once with a message saying so (exit status 2). ``--dry-run``
 runs the same code on the CPU at tiny sizes (bfloat16 autocast, no memory figures) into a
@@ -270,21 +272,18 @@ def make_isic_fixture(root: Path, per_class: int, size: tuple[int, int], seed: i
 
 
 def train_end_to_end(device: Device, sizes: Sizes, out: Path, work: Path) -> dict:
-    """``rmnet train`` (RM 5–8, --amp, channels-last) on a generated ISIC-layout folder."""
+    """``rmnet train`` (RM 5–8, --amp, channels-last) on a generated ISIC-layout folder in ``work``;
+    its metrics.csv is copied to ``out``/train_metrics.csv."""
     from rmnet.cli import main as rmnet_main
 
     data = make_isic_fixture(work / "isic2019", sizes.fixture_per_class, sizes.fixture_size)
-    run_dir = out / "train_run"
+    run_dir = work / "train_run"
     argv = [
         "train", "--out", str(run_dir), "--data", str(data), "--arch", "resnet18", "--rm", "5-8",
         "--epochs", str(sizes.train_epochs), "--batch-size", str(sizes.train_batch),
         "--image-size", str(sizes.train_image), "--lr", "0.01", "--amp", "--channels-last",
         "--device", device.device.type, "--workers", str(sizes.workers), "--quiet",
     ]  # fmt: skip
-    if run_dir.exists():  # a previous check's run: start afresh
-        import shutil
-
-        shutil.rmtree(run_dir)
     start = time.perf_counter()
     status = rmnet_main(argv)
     seconds = time.perf_counter() - start
@@ -292,12 +291,14 @@ def train_end_to_end(device: Device, sizes: Sizes, out: Path, work: Path) -> dic
     metrics = run_dir / "metrics.csv"
     if status == 0 and metrics.is_file():
         history = pd.read_csv(metrics)
+        atomic_write_text(out / "train_metrics.csv", metrics.read_text())
         last = history.iloc[-1].to_dict()
         result["epochs"] = len(history)
         result["last epoch"] = {key: _plain(value) for key, value in last.items()}
         losses = history.filter(like="loss").to_numpy(dtype=float)
         result["losses finite"] = bool(np.isfinite(losses).all())
         result["checkpoints"] = sorted(p.name for p in (run_dir / "checkpoints").glob("*.pt"))
+        result["run folder"] = sorted(p.name for p in run_dir.iterdir())
     result["ok"] = bool(status == 0 and result.get("losses finite") and result.get("checkpoints"))
     return result
 
@@ -382,7 +383,7 @@ def run_check(args: argparse.Namespace, argv: list[str] | None, device: Device, 
         info["check wall seconds"] = f"{time.perf_counter() - started:.0f}"
         atomic_write_text(out / "gpu_check.md", report(info, steps, train, sizes, argv))
         kept = "" if args.out or not args.dry_run else " (a temporary folder, removed now)"
-        print(f"gpu_check: wrote {out}/gpu_check.md, steps.csv, train_run.json{kept}")
+        print(f"gpu_check: wrote {out}/gpu_check.md, steps.csv, train_run.json, train_metrics.csv{kept}")
     problems = [
         f"{row['model']} (channels-last {row['channels-last']}): the training loss is not finite"
         for _, row in steps.iterrows()

@@ -87,6 +87,9 @@ METHODS: dict[str, dict] = {
     "RM all (k=4) + RA ±45°, 6× epochs": dict(
         arch="small_cnn", rm="all", model_options=W32, rotation_augmentation=45, epochs_times=6
     ),
+    "RM all (k=4) + RA ±45°, 6× epochs, lr × 0.1 twice": dict(
+        arch="small_cnn", rm="all", model_options=W32, rotation_augmentation=45, epochs_times=6, lr_steps=2
+    ),
     "RM all (k=8) + RA ±22.5°, 3× epochs": dict(
         arch="small_cnn", rm="all", k=8, model_options=W32, rotation_augmentation=22.5, epochs_times=3
     ),
@@ -233,12 +236,15 @@ def time_steps(models: dict[str, nn.Module], split: dict, batch_size: int, repea
 
 def method_config(base: TrainConfig, label: str, seed: int, epochs: int) -> TrainConfig:
     """The TrainConfig of ``label`` (METHODS) for one seed: one grey channel; ``epochs_times``
-    lengthens the schedule, the learning-rate step at the same fraction of it."""
+    lengthens the schedule, the learning-rate step at the same fraction of it (after 2/3 of the
+    epochs), or ``lr_steps`` = 2 steps after each third."""
     fields = dict(METHODS[label])
     options = {"in_chans": 1, **fields.get("model_options", {})}
     if "epochs_times" in fields:
         longer = epochs * fields.pop("epochs_times")
-        fields.update(epochs=longer, lr_step=max(1, round(longer * 2 / 3)))
+        steps = fields.pop("lr_steps", 1)
+        fraction = 2 / 3 if steps == 1 else 1 / (steps + 1)
+        fields.update(epochs=longer, lr_step=max(1, round(longer * fraction)))
     return base.replace(**{**fields, "model_options": options}, seed=seed)
 
 
@@ -388,7 +394,8 @@ def main(argv: list[str] | None = None) -> None:
         'never flipped; "+ RA ±a°" rotates each training image by an angle uniform in [−a°, a°] '
         f"(RA: the whole circle). rmnet.train.fit: SGD lr {args.lr} (×0.1 after epoch {base.lr_step}), "
         f'momentum 0.9, weight decay 1e-4, batch {args.batch_size}, {args.epochs} epochs ("n× epochs": '
-        f"n·{args.epochs}, ×0.1 after two thirds of them), weighted cross-entropy; "
+        f'n·{args.epochs}, ×0.1 after two thirds of them; "lr × 0.1 twice": after each third), '
+        "weighted cross-entropy; "
         f"the model after the last epoch. Accuracy (%) mean ± SD over {len(args.seeds)} training seeds; "
         "random 0–360° averages "
         f"{len(args.test_seeds)} fixed draws of one angle per test image. Times are relative to the plain "

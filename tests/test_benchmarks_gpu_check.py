@@ -53,7 +53,14 @@ def test_dry_run_measures_every_variant_and_trains_end_to_end(tmp_path, capsys):
     train = json.loads((tmp_path / "train_run.json").read_text())
     assert train["ok"] and train["exit status"] == 0 and train["epochs"] == 1
     assert "--amp" in train["command"] and train["checkpoints"] == ["best.pt", "last.pt"]
-    assert (tmp_path / "train_run" / "config.json").is_file()
+    assert {"config.json", "split.json", "metrics.csv"} <= set(train["run folder"])
+    assert len(pd.read_csv(tmp_path / "train_metrics.csv")) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == [  # few and flat: all come back from a lent GPU
+        "gpu_check.md",
+        "steps.csv",
+        "train_metrics.csv",
+        "train_run.json",
+    ]
 
     report = (tmp_path / "gpu_check.md").read_text()
     assert "dry run" in report and "RM 5-8 (k=8)" in report and '"ok": true' in report
