@@ -93,6 +93,9 @@ METHODS: dict[str, dict] = {
     "RM all (k=8) + RA ±22.5°, 3× epochs": dict(
         arch="small_cnn", rm="all", k=8, model_options=W32, rotation_augmentation=22.5, epochs_times=3
     ),
+    "RM all (k=8) + RA ±22.5°, 6× epochs": dict(
+        arch="small_cnn", rm="all", k=8, model_options=W32, rotation_augmentation=22.5, epochs_times=6
+    ),
 }
 QUARTER_TURNS = (90, 180, 270)
 SWEEP = tuple(range(0, 360, 15))
@@ -292,24 +295,49 @@ def summarise(runs: pd.DataFrame, timing: pd.DataFrame) -> tuple[pd.DataFrame, p
 
 
 def plot_accuracy_vs_angle(runs: pd.DataFrame, path: Path) -> pd.DataFrame:
-    """Mean test accuracy (± SD band over seeds) at each angle of the sweep, one line per method."""
+    """Mean test accuracy (± SD band over seeds) at each angle of the sweep, one line per method:
+    the compared methods on top, RM with bounded rotation augmentation below (zoomed in)."""
     angles = [*SWEEP, 360]
     curves = runs.groupby("method", sort=False)[[f"{a % 360}°" for a in angles]]
     mean, sd = curves.mean(), curves.std(ddof=1).fillna(0.0)
-    fig, ax = plt.subplots(figsize=(10, 5))
-    for method in mean.index:
-        line = ax.plot(angles, mean.loc[method].to_numpy(), marker="o", markersize=3, label=method)[0]
-        low, high = (
-            (mean.loc[method] - sd.loc[method]).to_numpy(),
-            (mean.loc[method] + sd.loc[method]).to_numpy(),
+    bounded = [m for m in mean.index if "+ RA" in m]
+    panels = [("compared methods", [m for m in mean.index if m not in bounded], (0, 101))]
+    if bounded:
+        panels.append(("RM + rotation augmentation bounded to ±45° (C4) or ±22.5° (C8)", bounded, None))
+    fig, axes = plt.subplots(len(panels), 1, figsize=(11, 4.5 * len(panels)), squeeze=False)
+    for ax, (title, methods, ylim) in zip(axes[:, 0], panels, strict=True):
+        colours = plt.get_cmap("tab10" if len(methods) <= 10 else "tab20")
+        for i, method in enumerate(methods):
+            style = "--" if method in bounded and "epochs" not in method else "-"  # short schedules dashed
+            line = ax.plot(
+                angles,
+                mean.loc[method].to_numpy(),
+                style,
+                marker="o",
+                markersize=3,
+                label=method,
+                color=colours(i),
+            )[0]
+            low, high = (
+                (mean.loc[method] - sd.loc[method]).to_numpy(),
+                (mean.loc[method] + sd.loc[method]).to_numpy(),
+            )
+            ax.fill_between(angles, low, high, color=line.get_color(), alpha=0.12)
+        if ylim is None:  # zoom in on the variants, whose curves are nearly flat; the 99% target
+            low = min(mean.loc[m].min() for m in methods)
+            ax.set_ylim(max(0, 5 * int(low / 5) - 5), 100.5)
+            ax.axhline(99, color="grey", linewidth=0.8, linestyle=":")
+        else:
+            ax.set_ylim(*ylim)
+        ax.set(
+            xlabel="rotation of the test digits (degrees)",
+            ylabel="test accuracy (%)",
+            xticks=range(0, 361, 45),
         )
-        ax.fill_between(angles, low, high, color=line.get_color(), alpha=0.15)
-    ax.set(
-        xlabel="rotation of the test digits (degrees)", ylabel="test accuracy (%)", xticks=range(0, 361, 45)
-    )
-    ax.set_title("Trained on upright digits only (scikit-learn digits, mean ± SD over seeds)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.suptitle("Trained on upright digits (scikit-learn digits), mean ± SD over seeds")
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     plt.close(fig)
