@@ -119,16 +119,22 @@ class SigintAt:
         monkeypatch.setattr(ImageDataset, "__getitem__", getitem)
 
 
+@pytest.fixture
+def default_sigint():
+    """Python's own SIGINT handler (KeyboardInterrupt) for the test, whatever ran before it."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def _rows(run) -> list[dict]:
     """metrics.csv without the timing column."""
     return pd.read_csv(run / "metrics.csv").drop(columns="seconds").to_dict("records")
 
 
 def test_ctrl_c_exits_130_and_resume_mid_epoch_equals_an_uninterrupted_run(
-    lesions, tmp_path, capsys, monkeypatch
+    lesions, tmp_path, capsys, monkeypatch, default_sigint
 ):
-    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
-        pytest.skip("SIGINT is handled by something else in this process")
     argv = ["train", "--data", str(lesions), "--epochs", "2", "--lr", "0.05", *TINY]
     assert main([*argv, "--out", str(tmp_path / "straight")]) == 0
     sizes = json.loads((tmp_path / "straight/split.json").read_text())["sizes"]
@@ -154,10 +160,8 @@ def test_ctrl_c_exits_130_and_resume_mid_epoch_equals_an_uninterrupted_run(
 
 
 def test_seeds_train_one_run_each_on_one_split_and_resume_only_what_is_unfinished(
-    lesions, tmp_path, capsys, monkeypatch
+    lesions, tmp_path, capsys, monkeypatch, default_sigint
 ):
-    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
-        pytest.skip("SIGINT is handled by something else in this process")
     out = tmp_path / "seeds"
     argv = ["train", "--data", str(lesions), "--out", str(out), "--epochs", "1", *TINY, "--seeds", "0", "1"]
     SigintAt(monkeypatch, at=21 + 5)  # seed-0 done (18 + 3 items), seed-1 in its first epoch
