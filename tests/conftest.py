@@ -12,9 +12,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
 
 from rmnet.data.lesions import make_lesion_dataset, render_lesion
+
+# Tiny tensors gain nothing from several threads, and on a shared 2-core machine the threads of
+# one test fight each other and every other process: one thread keeps the suite fast everywhere.
+torch.set_num_threads(1)
 
 ISIC_USED_CLASSES = ("MEL", "NV", "BCC", "BKL")  # the other columns, UNK included, are all zeros
 ISIC_COLUMNS = ("MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC", "UNK")
