@@ -8,8 +8,8 @@ from collections.abc import Callable
 import torch
 from torchvision.transforms import v2
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from rmnet.models.weights import IMAGENET_MEAN, IMAGENET_STD, resize_for
+
 FULL_CIRCLE = 360.0
 _HFLIP = v2.RandomHorizontalFlip(p=1.0)
 _VFLIP = v2.RandomVerticalFlip(p=1.0)
@@ -75,7 +75,7 @@ def build_transform(
     angle uniform in [−angle, angle] (180 or more, or True: the whole circle, the "RA" baseline)
     before cropping; 0 or False (the default) is off, and the paper's RM runs never use it.
     """
-    resize = resize or round(image_size * 256 / 224)
+    resize = resize or resize_for(image_size)
     if resize < image_size:
         raise ValueError(f"resize ({resize}) must be at least image_size ({image_size})")
     steps: list[Callable] = [v2.ToImage(), v2.Resize(resize, antialias=True)]
