@@ -96,6 +96,9 @@ METHODS: dict[str, dict] = {
     "RM all (k=8) + RA ±22.5°, 6× epochs": dict(
         arch="small_cnn", rm="all", k=8, model_options=W32, rotation_augmentation=22.5, epochs_times=6
     ),
+    "RM all (k=8) + RA ±22.5°, 10× epochs": dict(
+        arch="small_cnn", rm="all", k=8, model_options=W32, rotation_augmentation=22.5, epochs_times=10
+    ),
 }
 QUARTER_TURNS = (90, 180, 270)
 SWEEP = tuple(range(0, 360, 15))
@@ -436,9 +439,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     if reused:
         sources = ", ".join(str(path) for path in args.reuse_runs)
+        which = "every method" if reused == set(methods) else ", ".join(m for m in methods if m in reused)
         caption += (
-            f" Accuracy of {', '.join(sorted(reused))} from earlier runs ({sources}; same code path), "
-            "their time ratios from this run."
+            f" Accuracy of {which} from the earlier runs in {sources} (not trained again), "
+            "time ratios from this run."
         )
     atomic_write_text(args.out / "results.md", f"{caption}\n\n{markdown_table(text)}")
     print((args.out / "results.md").read_text())
