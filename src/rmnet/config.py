@@ -56,7 +56,7 @@ class TrainConfig:
     rotation_augmentation: float = _option(
         0.0,
         "largest random rotation in training, degrees: 45 draws from ±45° (with RM k=4 that covers "
-        "every angle), 360 or true the whole circle, 0 or false off (the paper: off, it confounds RM)",
+        "every angle), 360 the whole circle, 0 off (true/false in a config file: 360/0; the paper: off)",
     )
     flips: bool = _option(True, "training crops may be flipped (the image, its h-flip or its v-flip)")
     image_size: int | None = _option(
