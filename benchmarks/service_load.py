@@ -3,19 +3,19 @@
     .venv/bin/python -m benchmarks.service_load [--run RUN --index INDEX] [--requests 1000]
                                                 [--clients 1 4 8] [--time-cap 60]
 
-Starts ``rmnet serve`` as a separate process on a free 127.0.0.1 port (the deployed command, one
-uvicorn worker) and sends it, for each endpoint (predict, search) and each number of concurrent
-clients, a fixed number of requests (each client a thread with its own keep-alive
-``http.client`` connection, uploading one of 16 generated lesion images in turn). A configuration
-stops when its requests are done or after ``--time-cap`` seconds; every configuration runs
-``--repeats`` times, interleaved (the
-table gives the median throughput); the server is stopped at the end. Bounded by construction:
-nothing here runs forever or leaves loopback.
+Starts ``rmnet serve`` as a separate process on a free 127.0.0.1 port (the deployed command, with
+its defaults unless ``--serve-option`` says otherwise) and sends it, for each endpoint (predict,
+search) and each number of concurrent clients, a fixed number of requests (each client a thread
+with its own keep-alive ``http.client`` connection, uploading one of 16 generated lesion images in
+turn). A configuration stops when its requests are done or after ``--time-cap`` seconds; every
+configuration runs ``--repeats`` times, interleaved (the table gives the median throughput); the
+server is stopped at the end. Bounded by construction: nothing here runs forever or leaves loopback.
 
 Measured per configuration: requests/s (completed requests over the wall time of the run), p50/p95/
-p99 latency, errors (anything but HTTP 200, and transport failures: must be 0), the server's
-resident memory after it (and its peak), and how many requests the engine ran per forward pass.
-The batching goal: throughput with 8 clients at least 1.5× that with 1 client.
+p99 latency, errors (anything but HTTP 200, and transport failures: must be 0), the server's CPU
+time and resident memory after it (and its peak; all its processes together), and how many
+requests an engine ran per forward pass. The goal: throughput with 8 clients at least 1.5× that
+with 1 client.
 
 Without --run/--index, it first builds what ``make demo`` serves, at the demo's sizes: generated
 lesions (32 px, 6 classes), the RM small CNN (width 16) with a 16-bit hash layer, one epoch (the
@@ -92,22 +92,46 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (the serving processes of ``rmnet serve``), from Linux /proc."""
+    tree, i = [pid], 0
+    while i < len(tree):
+        try:
+            for task in os.listdir(f"/proc/{tree[i]}/task"):
+                with open(f"/proc/{tree[i]}/task/{task}/children") as children:
+                    tree += [int(child) for child in children.read().split()]
+        except FileNotFoundError:
+            pass
+        i += 1
+    return tree
+
+
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of process ``pid`` so far (Linux /proc), all its threads."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time so far of process ``pid`` and its descendants, all their threads."""
+    total = 0.0
+    for member in process_tree(pid):
+        try:
+            with open(f"/proc/{member}/stat") as stat:
+                fields = stat.read().rpartition(")")[2].split()
+        except FileNotFoundError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def memory_kb(pid: int) -> tuple[int, int]:
-    """(resident, peak resident) memory of process ``pid`` in KiB (Linux /proc)."""
-    values = {}
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            key, _, value = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
-                values[key] = int(value.split()[0])
-    return values["VmRSS"], values["VmHWM"]
+    """(resident, peak resident) memory in KiB of process ``pid`` and its descendants, summed."""
+    totals = {"VmRSS": 0, "VmHWM": 0}
+    for member in process_tree(pid):
+        try:
+            with open(f"/proc/{member}/status") as status:
+                for line in status:
+                    key, _, value = line.partition(":")
+                    if key in totals:
+                        totals[key] += int(value.split()[0])
+        except FileNotFoundError:
+            continue
+    return totals["VmRSS"], totals["VmHWM"]
 
 
 class Server:
@@ -117,6 +141,7 @@ class Server:
         import httpx
 
         self.port = free_port()
+        self.processes = 1  # serving processes (engines() reads it from /healthz)
         self.url = f"http://127.0.0.1:{self.port}"
         command = [sys.executable, "-m", "rmnet", "serve", str(run), "--index", str(index)]
         command += ["--port", str(self.port), "--log-level", "warning", *extra]
@@ -136,14 +161,22 @@ class Server:
                     raise RuntimeError(f"rmnet serve did not start:\n{self.log.read()}") from None
                 time.sleep(0.2)
 
-    def engine(self) -> dict:
+    def engines(self) -> dict[int, dict]:
+        """The engine of every serving process, by process id: /healthz over new connections (the
+        kernel hands each to one process) until every process has answered, 50 tries at most."""
         import httpx
 
-        return httpx.get(self.url + "/healthz", timeout=30).json()["engine"]
+        found: dict[int, dict] = {}
+        for _ in range(50):
+            health = httpx.get(self.url + "/healthz", timeout=30, headers={"Connection": "close"}).json()
+            found[health["process"]["pid"]] = health["engine"]
+            self.processes = health["process"]["processes"]
+            if len(found) >= self.processes:
+                break
+        return found
 
-    def engine_requests(self) -> tuple[int, int]:
-        engine = self.engine()
-        return engine["requests"], engine["batches"]
+    def engine_requests(self) -> dict[int, tuple[int, int]]:
+        return {pid: (engine["requests"], engine["batches"]) for pid, engine in self.engines().items()}
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -263,7 +296,8 @@ def main(argv: list[str] | None = None) -> None:
         try:
             for endpoint in args.endpoints:  # warm-up
                 load(server.url + ENDPOINTS[endpoint], images, 2, 20, args.time_cap)
-            engine = server.engine()
+            engine = next(iter(server.engines().values()))
+            engine["processes"] = server.processes
             for repeat in range(args.repeats):  # interleaved: a slow spell of the machine hits every setting
                 for endpoint in args.endpoints:
                     for clients in args.clients:
@@ -284,13 +318,16 @@ def measure(
     result = load(server.url + ENDPOINTS[endpoint], images, clients, args.requests, args.time_cap)
     server_cpu, client_cpu = cpu_seconds(server.process.pid) - server_cpu, time.process_time() - client_cpu
     after = server.engine_requests()
+    both = before.keys() & after.keys()  # processes that answered before and after
+    requests = sum(after[pid][0] - before[pid][0] for pid in both)
+    batches = sum(after[pid][1] - before[pid][1] for pid in both)
     rss, peak = memory_kb(server.process.pid)
     done = max(1, result["requests"])
     return {
         "endpoint": endpoint,
         "clients": clients,
         **result,
-        "requests_per_forward": (after[0] - before[0]) / max(1, after[1] - before[1]),
+        "requests_per_forward": requests / max(1, batches),
         "server_cpu_ms_per_request": 1000 * server_cpu / done,
         "client_cpu_ms_per_request": 1000 * client_cpu / done,
         "server_rss_mb": rss / 1024,
@@ -390,13 +427,17 @@ def write_results(
             "time_cap_hit": "time cap hit",
         }
     )
+    timings = engine["forward_ms_by_batch"]  # measured by the process that checked the service
+    timings = f"; ms per pass by batch size: {timings}" if timings else ""
+    options = " ".join(args.serve_option)
+    served = f"`rmnet serve {options}`" if options else "`rmnet serve` with its defaults for this machine"
     caption = (
         f"`{command_line('benchmarks.service_load', argv)}` — {machine()}; other jobs shared the "
         f"cores while it ran (load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} over 1 / 5 / 15 min "
-        "when it started). Server: `rmnet serve` with its defaults for this machine, one process: "
-        f"{engine['workers']} inference workers × {engine['torch_threads']} torch thread(s), forward passes "
-        f"of {engine['forward_batch']} images (the fastest per image when it started; ms per pass by batch "
-        f"size: {engine['forward_ms_by_batch']}). Clients: threads of another process on the same machine "
+        f"when it started). Server: {served}: {engine['processes']} process(es), each with "
+        f"{engine['workers']} inference worker(s) × {engine['torch_threads']} torch thread(s), forward "
+        f"passes of {engine['forward_batch']} images (the fastest per image, measured at start-up{timings}). "
+        "Clients: threads of another process on the same machine "
         "(http.client, keep-alive), loopback only, "
         f"{args.image_px}-px PNG uploads. "
         f"Throughput relative to 1 client: {'; '.join(speedups)}. Errors must be 0."

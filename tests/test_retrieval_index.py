@@ -387,6 +387,22 @@ def test_a_writer_that_opened_an_older_generation_adds_to_the_latest_one(tmp_pat
     assert first.refresh() and len(first) == 4 and not first.refresh()
 
 
+def test_refresh_reads_nothing_until_another_process_commits(tmp_path, monkeypatch):
+    import rmnet.retrieval.index as index_module
+
+    first, _ = new_index(tmp_path, n=2)
+    assert not first.refresh()  # looks at the manifest once
+
+    def must_not_read(root):
+        raise AssertionError("refresh() read the manifest although nothing was committed")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(index_module, "_generation_on_disk", must_not_read)
+        assert not first.refresh() and not first.refresh()  # a stat of the manifest, nothing more
+    CodeIndex.open(tmp_path / "index").add(np.ones((1, BITS)), items(1, start=2), model_fingerprint="model-a")
+    assert first.refresh() and len(first) == 3
+
+
 def test_a_writer_waits_for_the_lock_then_applies_its_change_or_gives_up_after_the_timeout(tmp_path):
     index, _ = new_index(tmp_path, n=1)
     with open(tmp_path / "index" / ".lock", "a") as handle:

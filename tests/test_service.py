@@ -7,6 +7,7 @@ tests that add cases work on their own copy of the index.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import shutil
@@ -17,6 +18,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -32,7 +34,7 @@ from rmnet.data import make_lesion_dataset
 from rmnet.data.lesions import render_lesion
 from rmnet.retrieval.index import CodeIndex
 from rmnet.retrieval.search import build_index
-from rmnet.service.app import build_service, check_write_key, create_app, resolve_run
+from rmnet.service.app import build_service, check_write_key, create_app, resolve_parallelism, resolve_run
 from rmnet.service.config import ServiceConfig
 from rmnet.service.engine import InferenceEngine, ModelInfo
 from rmnet.service.uploads import RequestError
@@ -449,7 +451,6 @@ def test_cases_another_process_adds_are_served_too(writable, tmp_path):
     from rmnet.retrieval.index import IndexItem
 
     client, service = writable
-    service.store.REFRESH_SECONDS = 0.0
     image = tmp_path / "outside.png"
     image.write_bytes(png(lesion(11, "lobed")))
     x = service.engine.prepare(Image.open(image).convert("RGB"))
@@ -457,11 +458,7 @@ def test_cases_another_process_adds_are_served_too(writable, tmp_path):
     with CodeIndex.open(service.config.index) as other_process:
         item = IndexItem("outside-1", 1, str(image), "sha-of-outside", {})
         other_process.add(code[None], [item], model_fingerprint=service.engine.info.fingerprint)
-    deadline = time.monotonic() + 10
-    while client.get("/api/cases/outside-1/image").status_code != 200:  # each search triggers a refresh
-        client.post("/api/search?k=1", files=files(image.read_bytes()))
-        assert time.monotonic() < deadline, "the service did not pick up the other process's case"
-        time.sleep(0.05)
+    assert client.get("/api/cases/outside-1/image").status_code == 200  # at once: no polling interval
     assert (
         client.post("/api/search?k=1", files=files(image.read_bytes())).json()["results"][0]["id"]
         == "outside-1"
@@ -593,7 +590,18 @@ def test_tuning_picks_the_batch_size_with_the_lowest_time_per_image():
     engine = toy_engine(Costly())
     try:
         assert engine.forward_batch == 4
-        assert sorted(engine.forward_times) == [1, 2, 4, 8]  # stopped once the cost per image doubled
+        assert sorted(engine.forward_times) == [4, 8]  # from one predict's 4 images; stopped once the
+    finally:  # cost per image doubled
+        engine.close()
+
+    class CheapestInTwos(Gated):
+        def forward_codes(self, x):  # 1 ms per image up to 2 images, then 5 ms per image
+            time.sleep(0.001 * len(x) + 0.004 * max(0, len(x) - 2))
+            return super().forward_codes(x)
+
+    engine = toy_engine(CheapestInTwos())
+    try:
+        assert engine.forward_batch == 4  # a predict's quarter turns are never split over two passes
     finally:
         engine.close()
 
@@ -701,8 +709,45 @@ def test_serve_refuses_a_run_that_did_not_build_the_index(example, tmp_path):
         build_service(ServiceConfig(run=other, index=index, device="cpu"))
 
 
+@pytest.mark.parametrize(
+    ("cores", "asked", "chosen"),
+    [
+        (2, {}, (2, 1, 1)),  # this machine: 2 processes of 1 worker × 1 thread
+        (16, {}, (4, 1, 4)),  # at most 4 processes; the cores go to torch threads
+        (1, {}, (1, 1, 1)),
+        (2, {"workers": 2}, (1, 2, 1)),  # threads in one process when asked for
+        (8, {"processes": 1}, (1, 1, 8)),
+        (8, {"processes": 2, "workers": 2, "torch_threads": 3}, (2, 2, 3)),  # as asked, whatever the cores
+    ],
+)
+def test_processes_workers_and_threads_the_command_line_leaves_open(monkeypatch, cores, asked, chosen):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
+    config = resolve_parallelism(ServiceConfig(run="r", index="i", device="cpu", **asked))
+    assert (config.processes, config.workers, config.torch_threads) == chosen
+
+
+def test_on_a_gpu_one_process_with_one_worker_serves(monkeypatch):
+    import rmnet.io
+
+    monkeypatch.setattr(rmnet.io, "resolve_device", lambda device: torch.device("cuda", 0))
+    config = resolve_parallelism(ServiceConfig(run="r", index="i", device="cuda"))
+    assert (config.processes, config.workers, config.torch_threads) == (1, 1, None)
+
+
+def test_settings_travel_to_the_serving_processes_as_json(tmp_path):
+    config = ServiceConfig(run=tmp_path / "run", index=tmp_path / "index", processes=3, max_k=7, api_key=None)
+    assert ServiceConfig.from_json(config.to_json()) == config
+    with pytest.raises(ValueError, match="processes=0"):
+        ServiceConfig(run="r", index="i", processes=0)
+
+
 def test_the_cli_does_not_load_the_service_until_serve_runs():
     code = "import sys, rmnet.cli; sys.exit(any(m in sys.modules for m in ('fastapi', 'uvicorn', 'captum')))"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_the_supervisor_of_several_processes_never_loads_torch():
+    code = "import sys, rmnet.service.server; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
@@ -712,36 +757,87 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@contextlib.contextmanager
+def rmnet_serve(demo: Path, index: Path, *options: str, key: str = "") -> Iterator[tuple[str, list[str]]]:
+    """``rmnet serve`` in a child process on a free loopback port: (its URL, its output once stopped).
+    Stopped with Ctrl-C (SIGINT), which must end it with status 0."""
+    import httpx
+
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "rmnet",
+            "serve",
+            str(demo),
+            "--index",
+            str(index),
+            "--port",
+            str(port),
+            *options,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=dict(os.environ, RMNET_API_KEY=key),
+    )
+    url, output = f"http://127.0.0.1:{port}", []
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                httpx.get(url + "/healthz", timeout=2).raise_for_status()
+                break
+            except httpx.HTTPError:
+                assert process.poll() is None and time.monotonic() < deadline, process.stdout.read()
+                time.sleep(0.2)
+        yield url, output
+    finally:
+        process.send_signal(signal.SIGINT)
+        output.append(process.communicate(timeout=60)[0])
+    assert process.returncode == 0, output[0]
+
+
 def test_rmnet_serve_runs_uvicorn_on_loopback_and_stops_on_ctrl_c(example):
     import httpx
 
     demo, index = example
-    port = free_port()
-    env = dict(os.environ, RMNET_API_KEY="")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "rmnet", "serve", str(demo), "--index", str(index), "--port", str(port)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                health = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+    with rmnet_serve(demo, index, "--processes", "1") as (url, output):
+        health = httpx.get(url + "/healthz", timeout=5).json()
+        assert health["status"] == "ok" and health["process"]["processes"] == 1
+        assert "rmnet" in httpx.get(url + "/", timeout=5).text
+    assert f"open {url}/" in output[0] and "writes disabled" in output[0]
+    assert "1 process(es)" in output[0] and "Uvicorn running on http://127.0.0.1" in output[0]
+
+
+def test_several_processes_serve_one_index_and_see_each_others_cases_at_once(example, tmp_path):
+    """--processes 2: both answer on one port; a case added through one is found through the other."""
+    import httpx
+
+    demo, index = example
+    index = copy_index(index, tmp_path / "index")
+    image = png(lesion(13, "lobed"))
+    with rmnet_serve(demo, index, "--processes", "2", key=KEY) as (url, output):
+        added = httpx.post(
+            url + "/api/cases",
+            headers={"Authorization": f"Bearer {KEY}"},
+            files=files(image),
+            data={"label": "lobed", "id": "shared-1"},
+            timeout=30,
+        )
+        assert added.status_code == 201, added.text
+        answered: dict[int, str] = {}  # process id -> the first search result it gave
+        for _ in range(300):  # a new connection each time: the kernel hands it to either process
+            with httpx.Client(base_url=url, timeout=30) as fresh:
+                pid = fresh.get("/healthz").json()["process"]["pid"]
+                top = fresh.post("/api/search?k=1", files=files(image)).json()["results"][0]["id"]
+                assert fresh.get("/api/cases/shared-1/image").content == image
+            answered.setdefault(pid, top)
+            if len(answered) == 2:
                 break
-            except httpx.TransportError:
-                assert process.poll() is None and time.monotonic() < deadline, process.stdout.read()
-                time.sleep(0.2)
-        assert health.json()["status"] == "ok"
-        assert "rmnet" in httpx.get(f"http://127.0.0.1:{port}/", timeout=5).text
-    finally:
-        process.send_signal(signal.SIGINT)
-        output, _ = process.communicate(timeout=30)
-    assert process.returncode == 0, output
-    assert f"open http://127.0.0.1:{port}/" in output and "writes disabled" in output
-    assert "Uvicorn running on http://127.0.0.1" in output
+        assert list(answered.values()) == ["shared-1", "shared-1"], answered
+    assert "2 process(es)" in output[0]
 
 
 def test_rmnet_serve_reports_a_missing_index_in_one_line(tmp_path, capsys):

@@ -190,6 +190,7 @@ class CodeIndex:
         self._current = generation  # replaced (never changed) by a commit: readers keep theirs
         self._replacing = replacing  # created with overwrite=True: the first add replaces the folder
         self._write_lock = threading.Lock()
+        self._seen_manifest: tuple[int, ...] | None = None  # refresh(): the manifest file last looked at
 
     # -- opening and creating ------------------------------------------------------------------
 
@@ -252,10 +253,17 @@ class CodeIndex:
     def refresh(self) -> bool:
         """Switch to the generation on disk if another process committed one; True if it did.
 
-        Cheap (reads the manifest): a long-running service can call it before each request.
+        Cheap when nothing was committed (one ``stat`` of the manifest, no lock): a service calls it
+        before each request, so that what another process added is found at once.
         """
+        stamp = _file_stamp(self.root / MANIFEST)
+        if stamp == self._seen_manifest:
+            return False
         with self._write_lock:
-            if self._replacing or _generation_on_disk(self.root) == self._current.generation:
+            if self._replacing:
+                return False
+            self._seen_manifest = stamp  # before reading: a commit after the stat changes it again
+            if _generation_on_disk(self.root) == self._current.generation:
                 return False
             self._current = _load_generation(self.root)
             return True
@@ -851,6 +859,15 @@ def _read_manifest(root: Path) -> dict[str, Any]:
             f"understands ({FORMAT_VERSION}); upgrade rmnet"
         )
     return manifest
+
+
+def _file_stamp(path: Path) -> tuple[int, ...]:
+    """What changes when a file is replaced (a commit renames a new manifest over the old one)."""
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return ()
+    return (stat.st_ino, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_size)
 
 
 def _generation_on_disk(root: Path) -> int:

@@ -1,4 +1,5 @@
-"""The FastAPI application: the HTTP contract of the CAD service, and ``serve`` (uvicorn).
+"""The FastAPI application: the HTTP contract of the CAD service, over a :class:`Service` loaded once
+per process (``rmnet.service.server`` runs it with uvicorn).
 
     GET  /healthz                      status, model, index, limits
     POST /api/predict                  diagnosis probabilities + rotation consistency   (form: image)
@@ -16,6 +17,7 @@ Every refusal is a 4xx with ``{"detail": "what was wrong"}``. Uploads stay in me
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hmac
 import importlib.resources
 import logging
@@ -34,7 +36,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from rmnet.retrieval.index import IndexBusyError
 from rmnet.service.cases import CaseStore
-from rmnet.service.config import API_KEY_ENV, THUMBNAIL_SIZES, ServiceConfig
+from rmnet.service.config import API_KEY_ENV, SERVICE_CONFIG_ENV, THUMBNAIL_SIZES, ServiceConfig
 from rmnet.service.engine import QUARTER_TURNS, EngineBusyError, EngineClosedError, InferenceEngine
 from rmnet.service.uploads import RequestError, check_case_id, decode_image, read_form
 
@@ -108,12 +110,9 @@ def build_service(config: ServiceConfig) -> Service:
     """Open the index, load the model of the run that built it, and check that they belong together."""
     import torch
 
-    from rmnet.io import resolve_device
-
-    workers, threads = default_parallelism(resolve_device(config.device))
-    workers, threads = config.workers or workers, config.torch_threads or threads
-    if threads:
-        torch.set_num_threads(threads)
+    config = resolve_parallelism(config)
+    if config.torch_threads:
+        torch.set_num_threads(config.torch_threads)
     store = CaseStore(config.index, config.resolved_cases_dir)
     try:
         run_dir = resolve_run(config.run, store.info.model.run)
@@ -125,7 +124,7 @@ def build_service(config: ServiceConfig) -> Service:
             forward_batch=config.forward_batch,
             batch_wait_ms=config.batch_wait_ms,
             max_queue=config.max_queue,
-            workers=workers,
+            workers=config.workers,
         )
     except BaseException:
         store.close()
@@ -144,19 +143,32 @@ def build_service(config: ServiceConfig) -> Service:
     return Service(config, engine, store, config.resolved_api_key)
 
 
-def default_parallelism(device) -> tuple[int, int | None]:
-    """(inference workers, torch threads per worker) when the command line does not say.
+def resolve_parallelism(config: ServiceConfig) -> ServiceConfig:
+    """``config`` with the serving processes, inference workers per process and torch threads per
+    worker that it leaves open filled in.
 
-    On a CPU with C cores: min(4, C) workers of C // workers threads each (2 cores: 2 workers of 1
-    thread). Concurrent requests then run in parallel forward passes instead of queueing for one
-    pass spread thin over all cores, which on a busy machine waits for its slowest thread
-    (docs/service.md has the measurements). On a GPU: one worker, torch's default threads.
+    On a CPU with C cores: one worker per process, min(4, C) processes (fewer when more workers
+    per process are asked for), C // (processes × workers) torch threads each; 2 cores: 2 processes
+    of 1 worker × 1 thread. Processes rather than threads because the Python half of a request
+    (HTTP, decoding, the model's module calls) holds the interpreter lock: on the demo's model one
+    process with 2 inference threads served 8 clients 1.0–1.7× faster than 1 client, 2 processes
+    1.6–2.6× (docs/service.md has the measurements). On a GPU: one process, one worker, torch's threads.
     """
-    if device.type != "cpu":
-        return 1, None
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    workers = max(1, min(4, cores))
-    return workers, max(1, cores // workers)
+    from rmnet.io import resolve_device
+
+    if resolve_device(config.device).type != "cpu":
+        defaults = {"processes": 1, "workers": 1, "torch_threads": None}
+    else:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        workers = config.workers or 1
+        processes = config.processes or max(1, min(4, cores) // workers)
+        defaults = {
+            "processes": processes,
+            "workers": workers,
+            "torch_threads": max(1, cores // (processes * workers)),
+        }
+    chosen = {name: getattr(config, name) or default for name, default in defaults.items()}
+    return dataclasses.replace(config, **chosen)
 
 
 def resolve_run(run: Path, index_run: str | None) -> Path:
@@ -278,6 +290,7 @@ def create_app(service: Service) -> FastAPI:
                 "max_k": config.max_k,
                 "thumbnail_sizes": list(THUMBNAIL_SIZES),
             },
+            "process": {"pid": os.getpid(), "processes": config.processes},
             "engine": {
                 "device": str(engine.device),
                 "workers": len(engine.workers),
@@ -487,22 +500,63 @@ def _model_summary(engine: InferenceEngine) -> dict[str, Any]:
     }
 
 
-def serve(config: ServiceConfig, *, log_level: str = "info") -> None:
-    """Load the service and run it with uvicorn until interrupted (one process: one model in memory)."""
-    import uvicorn
-
-    service = build_service(config)
-    writes = "enabled" if service.api_key else f"disabled (set {API_KEY_ENV} to enable POST /api/cases)"
-    print(
-        f"serving {service.engine.info.description} ({service.engine.info.run}) with "
-        f"{service.store.info.count} indexed cases from {config.index}; writes {writes}\n"
-        f"open http://{_url_host(config.host)}:{config.port}/  (API: /docs)",
-        flush=True,
-    )
+def check_service(config: ServiceConfig) -> tuple[ServiceConfig, str]:
+    """Load the service once and close it: its settings with everything measured or defaulted filled
+    in (processes, workers, threads, forward batch), and the line ``rmnet serve`` prints."""
     try:
-        uvicorn.run(create_app(service), host=config.host, port=config.port, log_level=log_level, workers=1)
+        service = build_service(config)
+    except OSError as err:  # plain types: they travel back from another process intact
+        raise OSError(str(err)) from None
+    except ValueError as err:
+        raise ValueError(str(err)) from None
+    try:
+        measured = dataclasses.replace(service.config, forward_batch=service.engine.forward_batch)
+        return measured, describe_service(service)
     finally:
         service.close()
+
+
+def describe_service(service: Service) -> str:
+    """What ``rmnet serve`` says when it starts: the model, the index, the processes, the address."""
+    config, info = service.config, service.engine.info
+    writes = "enabled" if service.api_key else f"disabled (set {API_KEY_ENV} to enable POST /api/cases)"
+    return (
+        f"serving {info.description} ({info.run}) with {service.store.info.count} indexed cases from "
+        f"{config.index}; {config.processes} process(es) × {config.workers} inference worker(s); writes "
+        f"{writes}\nopen http://{_url_host(config.host)}:{config.port}/  (API: /docs)"
+    )
+
+
+class ServiceProcess:
+    """The ASGI application of one of several serving processes (uvicorn's factory: see
+    :mod:`rmnet.service.server`).
+
+    Reads its settings from ``$RMNET_SERVICE_CONFIG`` and loads its own :class:`Service` at start-up
+    (the ASGI lifespan), so that a failure there stops uvicorn instead of having it restart the
+    process again and again; closes it at shutdown.
+    """
+
+    def __init__(self) -> None:
+        self.config = ServiceConfig.from_json(os.environ[SERVICE_CONFIG_ENV])
+        self.service: Service | None = None
+        self.app: FastAPI | None = None
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+        await receive()  # lifespan.startup
+        try:
+            self.service = build_service(self.config)
+            self.app = create_app(self.service)
+        except Exception as err:  # noqa: BLE001 - reported to uvicorn, which stops
+            log.exception("the service did not start")
+            await send({"type": "lifespan.startup.failed", "message": str(err)})
+            return
+        await send({"type": "lifespan.startup.complete"})
+        await receive()  # lifespan.shutdown
+        self.service.close()
+        await send({"type": "lifespan.shutdown.complete"})
 
 
 def _url_host(host: str) -> str:

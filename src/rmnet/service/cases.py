@@ -4,15 +4,17 @@
 
 - searches run in the request threads, concurrently; CodeIndex lets any number of searches run
   while one thread adds (each search reads one committed generation from start to end);
-- opening, adding and picking up other processes' commits run on one writer thread
-  ("rmnet-index-writer"), so adds are serialised: checking that an id is new and adding it cannot
-  interleave with another add. An add is atomic and durable: the image file is written, flushed
-  and renamed first, then CodeIndex commits the codes (its manifest rename is the commit point).
+- opening and adding run on one writer thread ("rmnet-index-writer"), so adds are serialised:
+  checking that an id is new and adding it cannot interleave with another add. An add is atomic and
+  durable: the image file is written, flushed and renamed first, then CodeIndex commits the codes
+  (its manifest rename is the commit point). Writers in other processes are serialised with it by
+  CodeIndex's lock on the folder.
 
 The index knows each case's image file: ``GET /api/cases/{id}/image`` looks the id up with
 ``CodeIndex.find`` and serves the file the index names; no path is ever built from what the client
-sent. Every few seconds the writer thread picks up cases another process committed (``rmnet index
-add`` while the service runs).
+sent. Before every search and lookup the store picks up what another process committed (another
+serving process of ``rmnet serve --processes N``, or ``rmnet index add`` while the service runs):
+one ``stat`` of the index's manifest when nothing changed, so a case added anywhere is found at once.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ import hashlib
 import io
 import logging
 import os
-import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,15 +77,12 @@ class IndexInfo:
 class CaseStore:
     """A CodeIndex shared by the request threads: searches in any thread, writes on one."""
 
-    REFRESH_SECONDS = 5.0  # how often to look for cases another process added (rmnet index add)
-
     def __init__(self, index_dir: str | os.PathLike, cases_dir: str | os.PathLike) -> None:
         self.root = Path(index_dir)
         self.cases_dir = Path(cases_dir)
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rmnet-index-writer")
         self._index: CodeIndex | None = None
         self._fingerprint: str | None = None
-        self._next_refresh = time.monotonic() + self.REFRESH_SECONDS
         self._closed = False
         self.info: IndexInfo = self._writer.submit(self._open).result()
 
@@ -112,20 +110,14 @@ class CaseStore:
 
     def search(self, code: np.ndarray, k: int) -> list[Hit]:
         """The k nearest cases to one code ([] when the index is empty); call it from any thread."""
-        self._maybe_refresh()
+        self._catch_up()
         if self.info.count == 0:
             return []
         query = np.asarray(code, np.float32)[None]
         return self._index.search(query, k, model_fingerprint=self._fingerprint)[0]
 
-    def _maybe_refresh(self) -> None:
-        """Every few seconds, have the writer pick up what another process committed (no waiting)."""
-        now = time.monotonic()
-        if now >= self._next_refresh and not self._closed:
-            self._next_refresh = now + self.REFRESH_SECONDS
-            self._writer.submit(self._refresh)
-
-    def _refresh(self) -> None:
+    def _catch_up(self) -> None:
+        """Switch to the generation another process committed, if any (any thread; cheap if none)."""
         try:
             if self._index.refresh():
                 self.info = self._describe()
@@ -148,6 +140,7 @@ class CaseStore:
     ) -> Case:
         digest = hashlib.sha256(data).hexdigest()
         case_id = case_id or f"case-{digest[:16]}"
+        self._catch_up()  # an id another process added meanwhile is taken too
         if self._index.find(case_id) is not None:
             raise RequestError(409, f"case id {case_id!r} is already in the index; choose another id")
         # The file is named by its content, never by the client's id: no path comes from the request.
@@ -173,6 +166,7 @@ class CaseStore:
 
     def get(self, case_id: str) -> Case | None:
         """The indexed case with this id, or None (any thread)."""
+        self._catch_up()
         found = self._index.find(case_id)
         return None if found is None else _case(found)
 

@@ -68,15 +68,20 @@ def add_serve_command(commands: argparse._SubParsersAction) -> None:
         help="how long a batch waits for requests already being decoded (a lone request never waits)",
     )
     parser.add_argument(
+        "--processes",
+        type=int,
+        help="serving processes (uvicorn workers), each with its own copy of the model, all on one port "
+        "and one index (default on a CPU: min(4, cores) / workers; on a GPU: 1)",
+    )
+    parser.add_argument(
         "--workers",
         type=int,
-        help="inference threads sharing the model, forward passes in parallel (default on a CPU: "
-        "min(4, cores); on a GPU: 1). One process, one model in memory: not uvicorn workers",
+        help="inference threads per process sharing its model, forward passes in parallel (default: 1)",
     )
     parser.add_argument(
         "--torch-threads",
         type=int,
-        help="torch threads per inference worker (default on a CPU: cores / workers)",
+        help="torch threads per inference worker (default on a CPU: cores / (processes × workers))",
     )
     parser.add_argument(
         "--log-level",
@@ -88,8 +93,8 @@ def add_serve_command(commands: argparse._SubParsersAction) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> None:
-    from rmnet.service.app import serve
     from rmnet.service.config import ServiceConfig
+    from rmnet.service.server import serve
 
     config = ServiceConfig(
         run=args.run_dir,
@@ -105,7 +110,8 @@ def run_serve(args: argparse.Namespace) -> None:
         max_batch=args.max_batch,
         forward_batch=args.forward_batch,
         batch_wait_ms=args.batch_wait_ms,
-        torch_threads=args.torch_threads,
+        processes=args.processes,
         workers=args.workers,
+        torch_threads=args.torch_threads,
     )
     serve(config, log_level=args.log_level)

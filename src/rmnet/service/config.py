@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 API_KEY_ENV = "RMNET_API_KEY"
+SERVICE_CONFIG_ENV = "RMNET_SERVICE_CONFIG"  # how `rmnet serve` hands its settings to its processes
 MAX_K = 100  # the most similar cases one search returns (documented in docs/service.md)
 MAX_UPLOAD_MB = 20.0
 MAX_PIXELS = 50_000_000  # a 8000 × 6000 photograph; ISIC 2019's largest images are 6000 × 4000
@@ -36,8 +39,9 @@ class ServiceConfig:
     forward_batch: int | None = None  # images per forward pass (None: the fastest, measured at start-up)
     batch_wait_ms: float = 2.0  # how long the first request of a batch waits for others
     max_queue: int = 256  # requests waiting for the model before the service answers 503
-    workers: int | None = None  # inference threads sharing the model (None: see default_parallelism)
-    torch_threads: int | None = None  # torch threads per worker (None: see default_parallelism)
+    processes: int | None = None  # serving processes, each with the model (None: app.resolve_parallelism)
+    workers: int | None = None  # inference threads per process (None: app.resolve_parallelism)
+    torch_threads: int | None = None  # torch threads per worker (None: app.resolve_parallelism)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "run", Path(self.run))
@@ -52,7 +56,9 @@ class ServiceConfig:
             "forward_batch": self.forward_batch is None or self.forward_batch >= 1,
             "batch_wait_ms": self.batch_wait_ms >= 0,
             "max_queue": self.max_queue >= 1,
+            "processes": self.processes is None or self.processes >= 1,
             "workers": self.workers is None or self.workers >= 1,
+            "torch_threads": self.torch_threads is None or self.torch_threads >= 1,
             "port": 0 <= self.port <= 65535,
         }
         bad = [name for name, ok in checks.items() if not ok]
@@ -61,6 +67,15 @@ class ServiceConfig:
             raise ValueError(f"invalid service setting(s): {settings}")
         if self.checkpoint not in ("best", "last"):
             raise ValueError(f"checkpoint must be 'best' or 'last', got {self.checkpoint!r}")
+
+    def to_json(self) -> str:
+        """These settings as JSON (how ``rmnet serve --processes N`` hands them to each process)."""
+        fields = dataclasses.asdict(self)
+        return json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in fields.items()})
+
+    @classmethod
+    def from_json(cls, text: str) -> ServiceConfig:
+        return cls(**json.loads(text))
 
     @property
     def max_upload_bytes(self) -> int:

@@ -9,11 +9,11 @@ Each worker:
   pass (``forward_batch`` images, at least one predict: a predict counts 4, its quarter turns), and
   runs them as one forward pass. Requests that arrive meanwhile form the next batch.
 - ``forward_batch`` is measured when the engine starts (:meth:`InferenceEngine.tune`): the batch
-  size with the lowest time per image on this machine, up to ``max_batch``. Bigger is not always
-  better on a CPU: the demo's small RM CNN takes 0.4 ms per image in batches of 4 but 0.9 ms in
-  batches of 8, once the k·B rotated copies no longer fit in the cache. And a batch gathers no
-  more than one pass: results go back as soon as their pass is done, so the HTTP side keeps
-  working while the model runs (benchmarks/service_load.py, docs/service.md).
+  size with the lowest time per image on this machine, from 4 (one predict) up to ``max_batch``.
+  Bigger is not always better on a CPU: the demo's small RM CNN takes 0.3 ms per image in batches
+  of 4 but 0.55 ms in batches of 8, once the k·B rotated copies no longer fit in the cache. And a
+  batch gathers no more than one pass: results go back as soon as their pass is done, so the HTTP
+  side keeps working while the model runs (benchmarks/service_load.py, docs/service.md).
 - When a request is alone but others are known to be on their way (announced with
   :meth:`arriving` while their upload is decoded), it waits up to ``batch_wait_ms`` for them; a
   lone client never waits.
@@ -226,25 +226,28 @@ class InferenceEngine:
         return cls(model, transform, info, device=resolve_device(device), **options)
 
     def tune(self, budget_s: float = 3.0) -> int:
-        """The forward batch size (a power of two up to ``max_batch``) with the lowest time per image.
+        """The forward batch size (a power of two from 4 up to ``max_batch``) with the lowest time per
+        image; never below 4, so that a predict's four quarter turns share one pass.
 
-        Each size runs 3 times on a dummy batch (fastest kept); a larger size must be 10 % cheaper
+        Each size runs 5 times on a dummy batch (the median kept: some sizes are fast only now and
+        then, when their copies happen to stay in the cache); a larger size must be 10 % cheaper
         per image to win, and the search stops once the cost per image doubles or after
         ``budget_s``. Runs before the worker starts, so nothing else uses the model meanwhile.
         """
         size = self.info.image_size
         with torch.inference_mode():
             self.model.forward_codes(torch.zeros(1, 3, size, size, device=self.device))  # warm-up
-            best, best_cost, started, batch = 1, float("inf"), time.perf_counter(), 1
+            first = len(QUARTER_TURNS)
+            best, best_cost, started, batch = first, float("inf"), time.perf_counter(), first
             while batch <= self.max_batch:
                 x = torch.zeros(batch, 3, size, size, device=self.device)
                 times = []
-                for _ in range(3):
+                for _ in range(5):
                     begin = time.perf_counter()
                     self.model.forward_codes(x)
                     times.append(time.perf_counter() - begin)
-                self.forward_times[batch] = min(times)
-                cost = min(times) / batch
+                self.forward_times[batch] = float(np.median(times))
+                cost = self.forward_times[batch] / batch
                 if cost < 0.9 * best_cost:
                     best, best_cost = batch, cost
                 elif cost > 2 * best_cost or time.perf_counter() - started > budget_s:
