@@ -68,6 +68,17 @@ def test_interpolated_rotation_keeps_the_centre_of_a_smooth_map():
     assert torch.allclose(rotate(disc, 45), disc, atol=2e-2)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_a_half_precision_map_rotates_as_in_float32_rounded_once(dtype):
+    """Under AMP the maps are half precision; the rotation resamples them in float32, so the only
+    error is the final rounding (a half-precision sampling grid would misplace pixels)."""
+    x = torch.rand(2, 3, 24, 24).to(dtype)
+    rotated = rotate(x, 45)
+    assert rotated.dtype == dtype
+    reference = rotate(x.float(), 45)
+    assert torch.equal(rotated, reference.to(dtype))
+
+
 def test_exact_rotation_of_a_non_square_map_says_what_to_do():
     with pytest.raises(ValueError, match=r"non-square feature map of shape \(1, 4, 6\)"):
         rotate(torch.zeros(1, 4, 6), 90)

@@ -310,7 +310,7 @@ def test_the_old_name_embed_rotation_meanout_still_works_and_warns():
 
 @pytest.mark.parametrize("padding", PADDINGS)
 def test_interpolated_rm_runs_under_cpu_bfloat16_autocast(padding):
-    """AMP: the rotations by 45° resample in float32 (affine_grid has no CPU bfloat16 kernel)."""
+    """AMP: RM over bfloat16 maps (the rotations by 45° resample in float32: rmnet.groups)."""
     torch.manual_seed(0)
     block = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU())
     rm = RotationMeanout(block, k=8, padding=padding).train()

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from rmnet.cli import build_parser, config_from_args, main
-from rmnet.config import TrainConfig
+from rmnet.config import TrainConfig, build_model
 from rmnet.models import PRESETS, model_entry
 from rmnet.models.weights import IMAGENET, resolve_weights
 
@@ -18,6 +18,24 @@ def test_the_papers_recipe_starts_from_imagenet_for_60_epochs_and_80_for_retriev
     assert TrainConfig.paper("resnet18", epochs=3).epochs == 3  # explicit options override it
     with pytest.raises(ValueError, match="task must be"):
         TrainConfig.paper("resnet18", task="segmentation")
+
+
+def test_the_papers_recipe_pads_rm_copies_at_angles_between_quarter_turns():
+    """The paper zero-pads a feature map before rotating it by 45° (k = 8) so that no corner is lost;
+    ``rm_padding`` reaches every RotationMeanout of the model, and the recipe selects it."""
+    from rmnet.config import RM_PADDINGS
+    from rmnet.meanout import PADDINGS, RotationMeanout
+
+    assert RM_PADDINGS == PADDINGS  # config.py cannot import torch to read them
+    assert TrainConfig.paper("small_cnn").rm_padding == "full" and TrainConfig().rm_padding == "none"
+    for padding in RM_PADDINGS:
+        model = build_model(TrainConfig(arch="small_cnn", rm="all", k=8, rm_padding=padding), 3)
+        regions = [m for m in model.modules() if isinstance(m, RotationMeanout)]
+        assert regions and {region.padding for region in regions} == {padding}
+    parse = build_parser().parse_args
+    assert config_from_args(parse(["train", "--rm-padding", "full", "--out", "r"])).rm_padding == "full"
+    with pytest.raises(ValueError, match="rm_padding must be one of none, full"):
+        TrainConfig(rm_padding="corners")
 
 
 def test_recipe_paper_on_the_command_line_and_explicit_options_override_it():

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from rmnet.models import ImageClassifier
 
 VAL_METRICS = ("balanced_accuracy", "accuracy", "kappa", "mean_precision", "auc_macro", "loss")
+RM_PADDINGS = ("none", "full")  # rmnet.meanout.PADDINGS (not imported here: it loads torch)
 
 
 def _option(default: Any, help: str) -> Any:
@@ -43,6 +44,11 @@ class TrainConfig:
     dihedral: bool = _option(False, "average RM over rotations and their mirror images (D_k)")
     rotate: bool = _option(True, "rotate the copies in RM; --no-rotate is the RM-WR ablation")
     share_weights: bool = _option(True, "one block for all copies; --no-share-weights is RM-NWS")
+    rm_padding: str = _option(
+        "none",
+        "RM copies at angles between quarter turns (k=6, 8): none keeps the map size, full zero-pads "
+        "them first (the paper)",
+    )
     hash_bits: int | None = _option(None, "hash layer length L for retrieval, the paper: 16 (default: none)")
     pretrained: str | None = _option(
         None,
@@ -102,6 +108,8 @@ class TrainConfig:
             raise ValueError(f"rotation_augmentation must be 0–360 degrees (or true/false), got {angle!r}")
         if self.val_metric not in VAL_METRICS:
             raise ValueError(f"val_metric {self.val_metric!r} is not one of {', '.join(VAL_METRICS)}")
+        if self.rm_padding not in RM_PADDINGS:
+            raise ValueError(f"rm_padding must be one of {', '.join(RM_PADDINGS)}, got {self.rm_padding!r}")
         if self.on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {self.on_error!r}")
         for name in ("epochs", "batch_size", "image_size", "resize", "lr_step", "k"):
@@ -119,11 +127,14 @@ class TrainConfig:
     @classmethod
     def paper(cls, arch: str = "resnet18", task: str = "classification", **changes: Any) -> TrainConfig:
         """The paper's recipe for ``arch``: ImageNet initialisation, 60 epochs (80 for retrieval, with a
-        16-bit hash layer), the architecture's own input size; ``changes`` override any field."""
+        16-bit hash layer), the architecture's own input size, RM copies at angles between quarter
+        turns zero-padded (k = 6, 8); ``changes`` override any field."""
         if task not in ("classification", "retrieval"):
             raise ValueError(f"task must be 'classification' or 'retrieval', got {task!r}")
         retrieval = task == "retrieval" or changes.get("hash_bits") is not None
-        recipe: dict[str, Any] = dict(arch=arch, pretrained="imagenet", epochs=80 if retrieval else 60)
+        recipe: dict[str, Any] = dict(
+            arch=arch, pretrained="imagenet", epochs=80 if retrieval else 60, rm_padding="full"
+        )
         if task == "retrieval":
             recipe["hash_bits"] = 16
         return cls(**(recipe | changes))
@@ -193,6 +204,7 @@ def build_model(config: TrainConfig, num_classes: int) -> ImageClassifier:
         dihedral=config.dihedral,
         rotate=config.rotate,
         share_weights=config.share_weights,
+        rm_padding=config.rm_padding,
         hash_bits=config.hash_bits,
         pretrained=config.pretrained,
         **config.model_options,

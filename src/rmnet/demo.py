@@ -66,8 +66,9 @@ INVARIANCE_NOTE = {
     "accuracy curve repeats every 90°. Between them the image is resampled (bilinear) and its corners "
     "leave the frame, so neither model is invariant there; `rmnet demo --k 8` (θ = 45°) covers those "
     "angles as well, at several times the training cost.",
-    8: "RM with k = 8 rotates by 45° inside the network (bilinear, with the corners padded), so it is "
-    "nearly invariant at every angle, not only at quarter turns, at several times the cost of k = 4.",
+    8: "RM with k = 8 rotates by 45° inside the network (bilinear; the corners a 45° copy loses are "
+    "filled from the other copies), so it is nearly invariant at every angle, not only at quarter "
+    "turns, at several times the cost of k = 4.",
 }
 
 

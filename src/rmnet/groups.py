@@ -30,6 +30,9 @@ def rotate(x: torch.Tensor, angle: float) -> torch.Tensor:
 
 
 def _rotate_bilinear(x: torch.Tensor, angle: float) -> torch.Tensor:
+    """Resampled in at least float32: a half-precision sampling grid (AMP) would misplace pixels."""
+    if x.dtype in (torch.float16, torch.bfloat16):
+        return _rotate_bilinear(x.float(), angle).to(x.dtype)
     lead, (h, w) = x.shape[:-2], x.shape[-2:]
     flat = x.reshape(-1, 1, h, w) if x.dim() != 4 else x
     t = math.radians(angle)

@@ -110,7 +110,7 @@ def rotation_meanout(
         x = F.pad(x, (pad, pad, pad, pad))
 
     # Expansion: (n·B, C, H, W), copy i holds g_i·x.
-    copies = [_act(group, x, g) if rotate else x for g in elements]
+    copies = [group.act(x, g) if rotate else x for g in elements]
     # Feature extraction: the same block on every copy.
     if len(branches) == 1:
         y = branches[0](torch.cat(copies)).unflatten(0, (n, b))
@@ -118,7 +118,7 @@ def rotation_meanout(
         y = torch.stack([branch(c) for branch, c in zip(branches, copies, strict=True)])
     # Realignment: rotate copy i back by g_i⁻¹.
     if rotate:
-        y = torch.stack([_act(group, y[i], group.inverse(g)) for i, g in enumerate(elements)])
+        y = torch.stack([group.act(y[i], group.inverse(g)) for i, g in enumerate(elements)])
     if pad:
         y = _crop_to_fraction(y, x.shape[-2] - 2 * pad, x.shape[-2])
     elif interpolated:
@@ -128,13 +128,6 @@ def rotation_meanout(
         y = complete_uncovered(y, cover)
     # Fusion.
     return fusion(y)
-
-
-def _act(group: RotationGroup, x: torch.Tensor, g: int) -> torch.Tensor:
-    """g·x; an interpolated rotation of a half-precision map (AMP) resamples in float32."""
-    if group.angle(g) % 90 == 0 or x.dtype not in (torch.float16, torch.bfloat16):
-        return group.act(x, g)
-    return group.act(x.float(), g).to(x.dtype)
 
 
 def coverage(

@@ -28,6 +28,7 @@ COMMON_DEFAULTS: dict[str, object] = dict(
     dihedral=False,
     rotate=True,
     share_weights=True,
+    rm_padding="none",
     hash_bits=None,
     pretrained=None,
 )
@@ -112,12 +113,15 @@ def create_model(
     dihedral: bool = False,
     rotate: bool = True,
     share_weights: bool = True,
+    rm_padding: str = "none",
     hash_bits: int | None = None,
     pretrained: str | os.PathLike | None = None,
     **kwargs,
 ) -> ImageClassifier:
     """Build ``name`` with RM at ``rm`` ("5-8", "relaxed:5", "paper", "all", module paths, None).
 
+    ``rm_padding`` matters only for RM angles that are not multiples of 90° (k = 6, 8): "none" keeps
+    the map size, "full" zero-pads the copies first, as the paper does (:mod:`rmnet.meanout`).
     ``pretrained`` is None (random), "imagenet" (the torch hub cache; nothing is downloaded)
     or a local weights file of the plain network. Options a model does not take are an error.
     """
@@ -126,7 +130,7 @@ def create_model(
     entry = model_entry(name)
     given = dict(
         rm=rm, k=k, fusion=fusion, dihedral=dihedral, rotate=rotate, share_weights=share_weights,
-        hash_bits=hash_bits, pretrained=pretrained,
+        rm_padding=rm_padding, hash_bits=hash_bits, pretrained=pretrained,
     )  # fmt: skip
     options = {key: v for key, v in given.items() if v != COMMON_DEFAULTS[key]} | kwargs
     named, any_other = entry.accepts()
@@ -168,6 +172,7 @@ def _torchvision_builder(name: str) -> Builder:
         dihedral: bool = False,
         rotate: bool = True,
         share_weights: bool = True,
+        rm_padding: str = "none",
         hash_bits: int | None = None,
         pretrained: str | os.PathLike | None = None,
         **kwargs,
@@ -189,7 +194,10 @@ def _torchvision_builder(name: str) -> Builder:
             load_pretrained(model, path, classifier)
         if isinstance(rm, str):
             raise ValueError(f"{name} has no block numbering: give RM positions as module paths")
-        rm_options = dict(k=k, fusion=fusion, dihedral=dihedral, rotate=rotate, share_weights=share_weights)
+        rm_options = dict(
+            k=k, fusion=fusion, dihedral=dihedral, rotate=rotate, share_weights=share_weights,
+            padding=rm_padding,
+        )  # fmt: skip
         return TorchvisionClassifier(insert_rotation_meanout(model, rm or [], **rm_options), num_classes)
 
     build.__doc__ = f"torchvision's {name}, with RM by module path."

@@ -165,6 +165,7 @@ class RMNet(PresetNet):
         dihedral: bool = False,
         rotate: bool = True,
         share_weights: bool = True,
+        rm_padding: str = "none",
         hash_bits: int | None = None,
         weights: str | os.PathLike | None = None,
         **build_kwargs,
@@ -173,8 +174,9 @@ class RMNet(PresetNet):
         super().__init__(preset, num_classes, hash_bits=hash_bits, weights=weights, **build_kwargs)
         self.rm_spec = rm
         self.rm_options = dict(
-            k=k, fusion=fusion, dihedral=dihedral, rotate=rotate, share_weights=share_weights
-        )
+            k=k, fusion=fusion, dihedral=dihedral, rotate=rotate, share_weights=share_weights,
+            padding=rm_padding,
+        )  # fmt: skip
         self.regions = parse_rm_spec(rm, preset)
         self.rm = nn.ModuleList()
         self._build_trunk()
@@ -243,6 +245,7 @@ def preset_builder(preset: BackbonePreset):
         dihedral: bool = False,
         rotate: bool = True,
         share_weights: bool = True,
+        rm_padding: str = "none",
         hash_bits: int | None = None,
         pretrained: str | os.PathLike | None = None,
         **build_kwargs,
@@ -250,7 +253,8 @@ def preset_builder(preset: BackbonePreset):
         weights = resolve_weights(pretrained, preset.weights, preset.name)
         return RMNet(
             preset, num_classes, rm=rm, k=k, fusion=fusion, dihedral=dihedral, rotate=rotate,
-            share_weights=share_weights, hash_bits=hash_bits, weights=weights, **build_kwargs,
+            share_weights=share_weights, rm_padding=rm_padding, hash_bits=hash_bits, weights=weights,
+            **build_kwargs,
         )  # fmt: skip
 
     build.__doc__ = f"{preset.name} with RM at any block range (the paper's position: {preset.paper_rm})."
