@@ -110,6 +110,33 @@ def test_resume_refuses_a_checkpoint_trained_with_other_options(tmp_path):
     assert [row["epoch"] for row in longer.history] == [1, 2]
 
 
+def test_a_run_from_before_a_config_field_existed_resumes_with_that_fields_default(tmp_path):
+    data = tiny_dataset()
+    fit(tiny_config(epochs=1), data, data, tmp_path, progress=False)
+    last = tmp_path / "checkpoints/last.pt"
+    checkpoint = torch.load(last, weights_only=False)
+    for added_later in ("optimizer", "rm_padding"):
+        del checkpoint["config"][added_later]
+    torch.save(checkpoint, last)
+    longer = fit(tiny_config(epochs=2), data, data, tmp_path, resume=True, progress=False)
+    assert [row["epoch"] for row in longer.history] == [1, 2]
+    with pytest.raises(ValueError, match="optimizer='sgd' there, 'adam' now"):
+        fit(tiny_config(epochs=3, optimizer="adam"), data, data, tmp_path, resume=True, progress=False)
+
+
+def test_adam_trains_and_resumes_with_its_own_state(tmp_path):
+    """--optimizer adam (MWNL's authors trained with Adam): it learns, and its moments are checkpointed."""
+    data, config = tiny_dataset(), tiny_config(epochs=2, optimizer="adam", lr=0.01)
+    result = fit(config, data, data, tmp_path, progress=False)
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+    state = read_checkpoint(tmp_path / "checkpoints/last.pt")["optimizer"]["state"]
+    assert state and all("exp_avg_sq" in moments for moments in state.values())  # Adam's, not SGD's
+    longer = fit(config.replace(epochs=3), data, data, tmp_path, resume=True, progress=False)
+    assert [row["epoch"] for row in longer.history] == [1, 2, 3]
+    with pytest.raises(ValueError, match="optimizer must be one of sgd, adam"):
+        TrainConfig(optimizer="rmsprop")
+
+
 def test_best_checkpoint_follows_the_validation_metric(tmp_path):
     data = tiny_dataset()
     result = fit(tiny_config(epochs=3, val_metric="loss"), data, data, tmp_path, progress=False)

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 VAL_METRICS = ("balanced_accuracy", "accuracy", "kappa", "mean_precision", "auc_macro", "loss")
 RM_PADDINGS = ("none", "full")  # rmnet.meanout.PADDINGS (not imported here: it loads torch)
+OPTIMIZERS = ("sgd", "adam")
 
 
 def _option(default: Any, help: str) -> Any:
@@ -70,12 +71,13 @@ class TrainConfig:
         "side of the square crop fed to the network (default: the architecture's, 224; 299 for inception_v3)",
     )
     resize: int | None = _option(None, "short edge before cropping (default: 256/224 of image_size)")
-    # Optimisation: SGD with a step schedule.
+    # Optimisation: SGD (the paper's) or Adam, with a step schedule.
     epochs: int = _option(60, "training epochs (the paper: 60 for classification, 80 for retrieval)")
     batch_size: int = _option(32, "images per step (per process under torchrun)")
-    lr: float = _option(0.01, "initial SGD learning rate")
-    momentum: float = _option(0.9, "SGD momentum")
-    weight_decay: float = _option(5e-4, "SGD weight decay")
+    optimizer: str = _option("sgd", "sgd (with momentum: the paper) or adam (as MWNL's authors trained)")
+    lr: float = _option(0.01, "initial learning rate")
+    momentum: float = _option(0.9, "SGD momentum (sgd only)")
+    weight_decay: float = _option(5e-4, "weight decay (L2, added to the gradient by both optimizers)")
     lr_step: int = _option(20, "multiply the learning rate by lr_gamma every lr_step epochs")
     lr_gamma: float = _option(0.1, "learning-rate decay factor")
     seed: int = _option(0, "seed of initialisation, shuffling and augmentation")
@@ -108,6 +110,8 @@ class TrainConfig:
             raise ValueError(f"rotation_augmentation must be 0–360 degrees (or true/false), got {angle!r}")
         if self.val_metric not in VAL_METRICS:
             raise ValueError(f"val_metric {self.val_metric!r} is not one of {', '.join(VAL_METRICS)}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.rm_padding not in RM_PADDINGS:
             raise ValueError(f"rm_padding must be one of {', '.join(RM_PADDINGS)}, got {self.rm_padding!r}")
         if self.on_error not in ("raise", "skip"):

@@ -1,7 +1,7 @@
 """The training loop, in one place: one process, or one process per GPU under ``torchrun`` (DDP).
 
     fit(config, train_set, val_set, out_dir)
-      build the model and objective; SGD + StepLR (the paper's recipe)
+      build the model and objective; SGD (the paper's recipe) or Adam + StepLR
       [resume from out_dir/checkpoints/last.pt]
       for each epoch:
         seed the epoch's randomness from (seed, epoch, rank)
@@ -124,12 +124,7 @@ def fit(
             **config.loss_options,
         ).to(device)
         step = TrainingStep(model, objective)
-        optimizer = torch.optim.SGD(
-            parameter_groups(step, config.lr),
-            lr=config.lr,
-            momentum=config.momentum,
-            weight_decay=config.weight_decay,
-        )
+        optimizer = build_optimizer(config, parameter_groups(step, config.lr))
         scheduler = torch.optim.lr_scheduler.StepLR(
             optimizer, step_size=config.lr_step, gamma=config.lr_gamma
         )
@@ -336,7 +331,7 @@ def _restore(
 
 def check_resumable(checkpoint: dict[str, Any], config: TrainConfig, path: Path) -> None:
     """Refuse to resume ``checkpoint`` with a config that would train something else."""
-    saved = checkpoint["config"]
+    saved = TrainConfig().to_dict() | checkpoint["config"]  # a field added since: its default then
     changed = [
         f"{key}={saved.get(key)!r} there, {value!r} now"
         for key, value in config.to_dict().items()
@@ -352,6 +347,13 @@ def check_resumable(checkpoint: dict[str, Any], config: TrainConfig, path: Path)
             f"cannot resume from {path} with --epochs {config.epochs}: it has already trained "
             f"{checkpoint['epoch']} epochs"
         )
+
+
+def build_optimizer(config: TrainConfig, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
+    """``config.optimizer`` over ``groups``: SGD with momentum (the paper's) or Adam (MWNL's)."""
+    if config.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
 
 
 def parameter_groups(module: nn.Module, lr: float) -> list[dict[str, Any]]:
