@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 
 from rmnet.metrics.retrieval import (
+    COSINE_SCALE,
     cosine_distances,
+    cosine_similarity_keys,
     hamming_distances,
     quantize_codes,
     rank_database,
@@ -29,6 +31,16 @@ def test_ranking_by_cosine_breaks_exact_ties_by_database_index():
     order, distances = rank_database(QUERY_CODES, DB_CODES, "cosine")
     assert order.tolist() == RANKINGS
     assert distances[0] == pytest.approx([1 - 2**-0.5, 1 - 2**-0.5, 1.0, 2.0], abs=1e-6)
+
+
+def test_an_images_cosine_distance_to_itself_is_zero_never_below():
+    codes = np.random.default_rng(0).standard_normal((200, 16))
+    fixed = quantize_codes(codes)
+    unclamped = 1.0 - np.diag(cosine_similarity_keys(fixed, fixed)) / COSINE_SCALE**2
+    assert (unclamped < 0).any()  # rounding to 2^-24 leaves some unit codes a hair over norm 1
+    order, distances = rank_database(codes, codes, "cosine", k=1)
+    assert order[:, 0].tolist() == list(range(200)) and (distances >= 0).all()
+    assert (cosine_distances(codes, codes) >= 0).all()
 
 
 def test_paper_map_and_mrr_at_2_are_per_class_averages_of_precision_and_reciprocal_rank():

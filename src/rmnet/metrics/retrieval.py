@@ -103,8 +103,15 @@ def cosine_similarity_keys(query_fixed: np.ndarray, db_fixed: np.ndarray) -> np.
 def cosine_distances(query_codes: np.ndarray, db_codes: np.ndarray) -> np.ndarray:
     """(Q, N) cosine distances 1 − cos between every query and every database code (on the
     integer codes of :func:`quantize_codes`: within about 1e-6 of the float value)."""
-    keys = cosine_similarity_keys(quantize_codes(query_codes), quantize_codes(db_codes))
-    return 1.0 - keys / COSINE_SCALE**2
+    return cosine_distances_from_keys(
+        cosine_similarity_keys(quantize_codes(query_codes), quantize_codes(db_codes))
+    )
+
+
+def cosine_distances_from_keys(keys: np.ndarray) -> np.ndarray:
+    """1 − cos from the exact similarity keys, never below 0 (a rounded unit code's norm may be a
+    hair over 1: an image's distance to itself would read −4e-8)."""
+    return np.maximum(0.0, 1.0 - keys / COSINE_SCALE**2)
 
 
 def hamming_distances(query_codes: np.ndarray, db_codes: np.ndarray) -> np.ndarray:
@@ -125,7 +132,7 @@ def rank_database(
     if metric == "cosine":
         keys = cosine_similarity_keys(quantize_codes(query_codes), quantize_codes(db_codes))
         order = np.argsort(-keys, axis=1, kind="stable")  # stable: equal keys keep index order
-        distances = 1.0 - keys / COSINE_SCALE**2
+        distances = cosine_distances_from_keys(keys)
     elif metric == "hamming":
         distances = hamming_distances(query_codes, db_codes)
         order = np.argsort(distances, axis=1, kind="stable")

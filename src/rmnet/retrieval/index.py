@@ -48,7 +48,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from rmnet.io import atomic_write
-from rmnet.metrics.retrieval import COSINE_SCALE, METRICS, pack_codes, quantize_codes
+from rmnet.metrics.retrieval import (
+    COSINE_SCALE,
+    METRICS,
+    cosine_distances_from_keys,
+    pack_codes,
+    quantize_codes,
+)
 
 if TYPE_CHECKING:
     import faiss
@@ -578,7 +584,7 @@ def _nearest_cosine(vectors: faiss.Index, query: np.ndarray, k: int) -> tuple[np
         _, similarity, rows = vectors.range_search(grid, floor)
     keys = (vectors.reconstruct_batch(rows).astype(np.float64) * COSINE_SCALE) @ query.astype(np.float64)
     order = np.lexsort((rows, -keys))[:k]
-    return rows[order].astype(np.int64), 1.0 - keys[order] / COSINE_SCALE**2
+    return rows[order].astype(np.int64), cosine_distances_from_keys(keys[order])
 
 
 class _HammingBuckets:
