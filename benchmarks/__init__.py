@@ -18,6 +18,11 @@ from rmnet.io import atomic_write_text
 def machine_description() -> str:
     """One line naming the date, CPU, thread count and library versions, for every table's caption."""
     cpu = platform.processor() or platform.machine()
+    try:  # the CPU's model name where Linux says it
+        with open("/proc/cpuinfo") as cpuinfo:
+            cpu = next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
     return (
         f"{datetime.date.today().isoformat()}, {cpu}, {os.cpu_count()} CPU cores, "
@@ -28,11 +33,6 @@ def machine_description() -> str:
 def command_line(module: str, argv: list[str] | None) -> str:
     """The command that ran ``module`` with ``argv`` (default: this process's arguments), quoted."""
     return shlex.join([".venv/bin/python", "-m", module, *(sys.argv[1:] if argv is None else argv)])
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file, so a failure never leaves half a file."""
-    atomic_write_text(path, text)
 
 
 def markdown_table(table: pd.DataFrame, floatfmt: str = ".2f") -> str:
@@ -48,5 +48,5 @@ def markdown_table(table: pd.DataFrame, floatfmt: str = ".2f") -> str:
 
 def save_table(table: pd.DataFrame, out_dir: Path, stem: str, caption: str, floatfmt: str = ".2f") -> None:
     """``stem``.csv (full precision) and ``stem``.md (caption + rounded table) in ``out_dir``."""
-    write_atomic(out_dir / f"{stem}.csv", table.to_csv(index=False))
-    write_atomic(out_dir / f"{stem}.md", f"{caption}\n\n{markdown_table(table, floatfmt)}")
+    atomic_write_text(out_dir / f"{stem}.csv", table.to_csv(index=False))
+    atomic_write_text(out_dir / f"{stem}.md", f"{caption}\n\n{markdown_table(table, floatfmt)}")

@@ -58,7 +58,7 @@ from rmnet import create_model, list_models, register_model  # noqa: E402
 from rmnet.config import TrainConfig  # noqa: E402
 from rmnet.data import TensorImageDataset, load_digits_tensors, load_image_table, make_lesion_dataset  # noqa: E402
 from rmnet.groups import rotate  # noqa: E402
-from rmnet.io import atomic_write, atomic_write_text  # noqa: E402
+from rmnet.io import atomic_write_text, save_figure  # noqa: E402
 from rmnet.models.presets import PRESETS  # noqa: E402
 from rmnet.models.resnets import resnet_preset  # noqa: E402
 from rmnet.models.rmnet import preset_builder  # noqa: E402
@@ -450,8 +450,7 @@ def plot_accuracy_vs_angle(runs: pd.DataFrame, path: Path) -> pd.DataFrame:
     axes[0][-1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.suptitle("Trained upright (digits) or with an upright bias (lesions); tested turned")
     fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
     return pd.concat(curves)
 
 

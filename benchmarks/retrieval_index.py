@@ -213,27 +213,16 @@ def large_rows(n: int, kind: str, rng: np.random.Generator, n_queries: int, root
         )
         print(pd.DataFrame(rows[-1:]).to_string(index=False, header=len(rows) == 1), flush=True)
 
-    start = time.perf_counter()
-    buckets = _HammingBuckets(bits)
-    build = time.perf_counter() - start
-    row(
-        "code buckets (CodeIndex, <= 16 bits)",
-        lambda i, buckets=buckets: buckets.nearest(queries[i], K)[0],
-        buckets.nbytes,
-        build,
-    )
-    del buckets
-
-    start = time.perf_counter()
-    flat = _HammingFlat(bits)
-    build = time.perf_counter() - start
-    row(
-        "FAISS IndexBinaryFlat + tie probe (CodeIndex, > 16 bits)",
-        lambda i, flat=flat: flat.nearest(queries[i], K)[0],
-        flat.nbytes,
-        build,
-    )
-    del flat
+    searchers = {
+        "code buckets (CodeIndex, <= 16 bits)": _HammingBuckets,
+        "FAISS IndexBinaryFlat + tie probe (CodeIndex, > 16 bits)": _HammingFlat,
+    }
+    for label, searcher_class in searchers.items():
+        start = time.perf_counter()
+        searcher = searcher_class(bits)
+        build = time.perf_counter() - start
+        row(label, lambda i, searcher=searcher: searcher.nearest(queries[i], K)[0], searcher.nbytes, build)
+        del searcher
 
     for nflip in (2,):
         start = time.perf_counter()

@@ -46,7 +46,7 @@ from rmnet.config import TrainConfig, build_model  # noqa: E402
 from rmnet.data import TensorImageDataset, load_digits_tensors  # noqa: E402
 from rmnet.data.transforms import random_rotation  # noqa: E402
 from rmnet.groups import rotate  # noqa: E402
-from rmnet.io import atomic_write, atomic_write_text  # noqa: E402
+from rmnet.io import atomic_write_text, save_figure  # noqa: E402
 from rmnet.models.base import HashHead, ImageClassifier  # noqa: E402
 from rmnet.train import fit  # noqa: E402
 
@@ -342,8 +342,7 @@ def plot_accuracy_vs_angle(runs: pd.DataFrame, path: Path) -> pd.DataFrame:
         ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.suptitle("Trained on upright digits (scikit-learn digits), mean ± SD over seeds")
     fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
-    plt.close(fig)
+    save_figure(fig, path)
     return mean.T.iloc[:-1].rename_axis("angle").reset_index()  # without the closing 360° = 0°
 
 

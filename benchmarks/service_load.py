@@ -42,7 +42,7 @@ from urllib.parse import urlsplit
 import numpy as np
 import pandas as pd
 
-from benchmarks import command_line, save_table
+from benchmarks import command_line, machine_description, save_table
 
 ENDPOINTS = {"predict": "/api/predict", "search": "/api/search?k=10"}
 
@@ -381,24 +381,6 @@ def summarise(runs: list[dict]) -> list[dict]:
     return rows
 
 
-def machine() -> str:
-    """The date, the CPU model and its cores, the GPU (none here), torch's version."""
-    import datetime
-    import platform
-
-    import torch
-
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            model = next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
-    today = datetime.date.today().isoformat()
-    return f"{today}, {model}, {os.cpu_count()} CPU cores, {gpu}, torch {torch.__version__}"
-
-
 def write_results(
     table: pd.DataFrame,
     args: argparse.Namespace,
@@ -432,7 +414,7 @@ def write_results(
     options = " ".join(args.serve_option)
     served = f"`rmnet serve {options}`" if options else "`rmnet serve` with its defaults for this machine"
     caption = (
-        f"`{command_line('benchmarks.service_load', argv)}` — {machine()}; other jobs shared the "
+        f"`{command_line('benchmarks.service_load', argv)}` — {machine_description()}; other jobs shared the "
         f"cores while it ran (load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} over 1 / 5 / 15 min "
         f"when it started). Server: {served}: {engine['processes']} process(es), each with "
         f"{engine['workers']} inference worker(s) × {engine['torch_threads']} torch thread(s), forward "

@@ -19,14 +19,12 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from sklearn.manifold import TSNE  # noqa: E402
 from sklearn.metrics import auc, roc_curve  # noqa: E402
 
-from rmnet.io import atomic_write  # noqa: E402
+from rmnet.io import save_figure  # noqa: E402
 
 
 def _save(figure: plt.Figure, path: str | os.PathLike) -> Path:
     figure.tight_layout()
-    written = atomic_write(path, lambda tmp: figure.savefig(tmp, format="png", dpi=120))
-    plt.close(figure)
-    return written
+    return save_figure(figure, path)
 
 
 def _class_colours(n: int) -> list:

@@ -21,7 +21,7 @@ import numpy as np  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
 from rmnet.data.images import UnreadableImageError, open_rgb  # noqa: E402
-from rmnet.io import atomic_write  # noqa: E402
+from rmnet.io import save_figure  # noqa: E402
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -48,10 +48,7 @@ def save_gallery(
     ``query_image`` draws a query that is not a file (one searched for as bytes).
     """
     fig = gallery_figure(result, columns=columns, thumbnail=thumbnail, query_image=query_image)
-    try:
-        return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
-    finally:
-        plt.close(fig)
+    return save_figure(fig, path, dpi=100)
 
 
 def gallery_figure(
