@@ -1,5 +1,7 @@
 """The hashing objectives DCH, DPN, CSQ and CRI: finite, differentiable, right about good codes, trainable."""
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -167,3 +169,43 @@ def test_more_classes_than_twice_the_bits_get_random_balanced_centres_fixed_by_t
 def test_hashing_losses_need_a_hash_layer(name):
     with pytest.raises(ValueError, match="needs a hash layer"):
         build_objective(name, num_classes=CLASSES, class_weights=None, hash_bits=None)
+
+
+# Values pinned on hand-computed examples: codes are atanh of round numbers, so tanh(codes) is exact.
+
+
+def test_dch_matches_a_hand_computation_with_distinct_pairs_only_and_gamma_in_both_terms():
+    """h0 = (.28, .96), h1 = (.96, .28), h2 = (.28, −.96): unit vectors, classes 0, 0, 1.
+
+    d = K/2 · (1 − cos), K = 2: d01 = 1 − .5376 = .4624, d02 = 1 + .8432 = 1.8432, d12 = 1.
+    Similar pairs (i ≠ j): (0,1), (1,0); dissimilar: (0,2), (2,0), (1,2), (2,1). |h| against the
+    all-ones code: cos = 1.24/√2 for every image.
+    """
+    gamma, weight = 2.0, 0.5
+    h = torch.tensor([[0.28, 0.96], [0.96, 0.28], [0.28, -0.96]])
+    targets = torch.tensor([0, 0, 1])
+    loss = build_objective(
+        "dch", num_classes=2, class_weights=None, hash_bits=2, gamma=gamma, quantization_weight=weight
+    )
+    similar = math.log(1 + 0.4624 / gamma)
+    dissimilar = (math.log(1 + gamma / 1.8432) + math.log(1 + gamma / 1.0)) / 2
+    quantization = math.log(1 + (1 - 1.24 / math.sqrt(2)) / gamma)
+    expected = similar + dissimilar + weight * quantization
+    assert loss.hashing_loss(torch.atanh(h), targets).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_csq_matches_a_hand_computation_of_its_cross_entropy_on_tanh_codes_mapped_to_0_1():
+    """K = 2: the Hadamard centres are (1, 1) for class 0 and (1, −1) for class 1.
+
+    h0 = (.6, −.2), class 0: p = (h + 1)/2 = (.8, .4) against (1, 1); h1 = (.2, .6), class 1:
+    p = (.6, .8) against (1, 0). Quantisation: log cosh(|h| − 1) at −.4, −.8, −.8, −.4.
+    """
+    weight = 0.5
+    loss = build_objective("csq", num_classes=2, class_weights=None, hash_bits=2, quantization_weight=weight)
+    assert loss.centres.tolist() == [[1.0, 1.0], [1.0, -1.0]]
+    h = torch.tensor([[0.6, -0.2], [0.2, 0.6]])
+    central = -(math.log(0.8) + math.log(0.4) + math.log(0.6) + math.log(0.2)) / 4
+    quantization = (2 * math.log(math.cosh(0.4)) + 2 * math.log(math.cosh(0.8))) / 4
+    expected = central + weight * quantization
+    value = loss.hashing_loss(torch.atanh(h), torch.tensor([0, 1]))
+    assert value.item() == pytest.approx(expected, rel=1e-5)

@@ -243,3 +243,45 @@ def test_two_processes_under_torchrun_with_gloo_end_with_identical_parameters(tm
     # Rank 1 wrote no checkpoint, and both tore the process group down.
     assert (tmp_path / "rank1.txt").read_text() == "world False best None"
     assert (tmp_path / "rank0.txt").read_text().endswith("checkpoints/best.pt")
+
+
+# train()'s own setup (the tests above call fit() directly): the seed it applies, the split it makes.
+
+
+def _train_isic(isic_root, out, **changes):
+    from rmnet.train import train
+
+    config = tiny_config(data=str(isic_root), epochs=1, batch_size=8, **changes)
+    train(config, out, progress=False)
+    return read_checkpoint(out / "checkpoints" / "last.pt")["model"]
+
+
+def test_train_applies_its_seed_same_seed_same_weights_other_seed_other_weights(isic_root, tmp_path):
+    first = _train_isic(isic_root, tmp_path / "a", seed=3)
+    torch.manual_seed(12345)  # whatever the global generator holds, train() seeds its own start
+    again = _train_isic(isic_root, tmp_path / "b", seed=3)
+    other = _train_isic(isic_root, tmp_path / "c", seed=4)
+    assert all(torch.equal(first[key], again[key]) for key in first)
+    assert not all(torch.equal(first[key], other[key]) for key in first)
+
+
+def test_train_groups_the_split_by_lesion_when_asked(isic_root, tmp_path):
+    from rmnet.data import load_image_table, load_split
+
+    table = load_image_table(isic_root)
+
+    def lesions(out):  # part name -> the lesion ids of its images
+        split = load_split(out / "split.json", table)
+        return {
+            part: {table.groups[i] for i in split.part(part) if table.groups[i] is not None}
+            for part in ("train", "val", "test")
+        }
+
+    _train_isic(isic_root, tmp_path / "grouped", group_by_lesion=True)
+    _train_isic(isic_root, tmp_path / "plain")
+    grouped, plain = lesions(tmp_path / "grouped"), lesions(tmp_path / "plain")
+    assert grouped["val"] | grouped["test"]  # lesions held out, none of them seen in training
+    assert not grouped["train"] & grouped["val"]
+    assert not grouped["train"] & grouped["test"]
+    assert not grouped["val"] & grouped["test"]
+    assert plain["train"] & (plain["val"] | plain["test"])  # the control: ungrouped, this split leaks
