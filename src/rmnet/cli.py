@@ -359,6 +359,60 @@ def run_demo(args: argparse.Namespace) -> None:
     demo(args.out, epochs=args.epochs, k=args.k, quick=args.quick, workers=args.workers)
 
 
+# rmnet reproduce
+
+
+def add_reproduce_command(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "reproduce",
+        help="every result table of the paper (Tables 3-11) from one command",
+        formatter_class=DefaultsFormatter,
+        description="Plan every run of the chosen tables (the paper's recipe, one run folder per "
+        "configuration and seed under OUT/runs), run those not finished (interrupted ones resume) on "
+        "every local GPU, packed by memory, or on a SLURM cluster, then write OUT/tableN.md in the "
+        "paper's layout with the paper's numbers beside ours, and OUT/runs.csv. Run it again to "
+        "continue. docs/reproduce.md has the details.",
+    )
+    parser.add_argument("--data", help="the ISIC 2019 folder (not needed with --dry-run)")
+    parser.add_argument("--out", required=True, help="folder for the runs and the tables")
+    parser.add_argument(
+        "--tables", type=int, nargs="+", default=[3, 4, 5, 6, 7, 8, 9, 10, 11], help="paper tables to make"
+    )
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", default=[0, 1, 2], help="one run per seed (mean ± SD)"
+    )
+    parser.add_argument("--dry-run", action="store_true", help="list the runs with estimated GPU hours")
+    parser.add_argument(
+        "--smoke", action="store_true", help="the same grid at tiny sizes (one run per row group, 1 epoch)"
+    )
+    parser.add_argument(
+        "--executor",
+        choices=("local", "slurm", "submitit-local"),
+        default="local",
+        help="local: this machine's GPUs (one at a time without one); slurm: submitit jobs, one GPU each",
+    )
+    parser.add_argument(
+        "--runs-per-gpu", type=_positive_int, default=4, help="most runs side by side on one GPU"
+    )
+    parser.add_argument("--partition", help="SLURM partition (--executor slurm)")
+    parser.add_argument(
+        "--train-args",
+        default="",
+        help="extra rmnet train options for every run, e.g. '--cache cache/isic256'",
+    )
+    parser.set_defaults(run=run_reproduce)
+
+
+def run_reproduce(args: argparse.Namespace) -> None:
+    from rmnet.reproduce import reproduce
+
+    reproduce(
+        args.data, args.out, args.tables, args.seeds, dry_run=args.dry_run, smoke=args.smoke,
+        executor=args.executor, per_gpu=args.runs_per_gpu, partition=args.partition,
+        train_args=shlex.split(args.train_args),
+    )  # fmt: skip
+
+
 # The commands, in the order `rmnet --help` lists them. The retrieval commands (index, search)
 # join here: rmnet.retrieval.cli.add_commands.
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
@@ -368,6 +422,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     add_evaluate_command,
     add_retrieval_commands,
     add_serve_command,
+    add_reproduce_command,
 ]
 
 

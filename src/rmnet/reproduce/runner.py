@@ -1,0 +1,156 @@
+"""Run many jobs on the local GPUs, packed by memory, or on a SLURM cluster through submitit.
+
+Locally each job is a subprocess with ``CUDA_VISIBLE_DEVICES`` set to one GPU. A GPU takes a new
+job while the jobs on it, by their estimated peak memory, still fit and it runs fewer than
+``per_gpu`` of them: one large run per GPU, several small ones side by side. Without a GPU the
+jobs run one at a time in this process. ``submit`` hands the same jobs to submitit (SLURM, or
+its local executor), one GPU each.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rmnet.reproduce.job import Job, run_job
+
+MEMORY_HEADROOM = 0.9  # of a GPU's memory, for packing by estimate
+
+
+@dataclass
+class Gpu:
+    index: str  # as CUDA_VISIBLE_DEVICES names it
+    memory_mib: int
+    running: list = field(default_factory=list)  # (process, job)
+
+    def free_mib(self) -> float:
+        return self.memory_mib * MEMORY_HEADROOM - sum(job.memory_mib for _, job in self.running)
+
+
+def local_gpus() -> list[Gpu]:
+    """The GPUs this process may use (honouring CUDA_VISIBLE_DEVICES), with their memory."""
+    if shutil.which("nvidia-smi") is None:
+        return []
+    query = ["nvidia-smi", "--query-gpu=index,memory.total", "--format=csv,noheader,nounits"]
+    try:
+        lines = subprocess.run(query, capture_output=True, text=True, check=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    gpus = []
+    for line in lines.strip().splitlines():
+        index, memory = (part.strip() for part in line.split(",")[:2])
+        gpus.append(Gpu(index, int(float(memory))))
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        allowed = [v.strip() for v in visible.split(",") if v.strip()]
+        gpus = [g for g in gpus if g.index in allowed]
+    return gpus
+
+
+def job_command(job: Job, job_file: Path) -> list[str]:
+    """The subprocess that runs ``job`` (its description written to ``job_file``)."""
+    job_file.write_text(job.to_json())
+    return [sys.executable, "-m", "rmnet.reproduce.job", str(job_file)]
+
+
+def run_on_gpus(
+    jobs: Sequence[Job],
+    gpus: Sequence[Gpu],
+    *,
+    per_gpu: int = 4,
+    command: Callable[[Job, Path], list[str]] = job_command,
+    poll_s: float = 1.0,
+    log: Callable[[str], None] = print,
+) -> dict[str, int]:
+    """Run ``jobs`` as subprocesses packed onto ``gpus``; returns each job's exit status by name.
+
+    A job larger than every GPU's free memory still runs, alone on the largest GPU.
+    """
+    if not gpus:
+        raise ValueError("run_on_gpus needs at least one GPU")
+    pending, status = list(jobs), {}
+    logs = Path(tempfile.mkdtemp(prefix="rmnet-jobs-"))
+    while pending or any(g.running for g in gpus):
+        for gpu in gpus:  # collect the finished
+            for process, job in list(gpu.running):
+                if process.poll() is not None:
+                    gpu.running.remove((process, job))
+                    status[job.name] = process.returncode
+                    log(f"{'done' if process.returncode == 0 else 'FAILED'}: {job.name} (GPU {gpu.index})")
+        started = True
+        while pending and started:
+            started = False
+            job = pending[0]
+            fits = [
+                g
+                for g in gpus
+                if len(g.running) < per_gpu and (g.free_mib() >= job.memory_mib or not g.running)
+            ]
+            if fits:
+                gpu = max(fits, key=Gpu.free_mib)
+                env = os.environ | {"CUDA_VISIBLE_DEVICES": gpu.index}
+                argv = command(job, logs / f"{len(status) + sum(len(g.running) for g in gpus)}.json")
+                process = subprocess.Popen(argv, env=env)
+                gpu.running.append((process, pending.pop(0)))
+                log(f"start: {job.name} on GPU {gpu.index} ({len(gpu.running)} there)")
+                started = True
+        if pending or any(g.running for g in gpus):
+            time.sleep(poll_s)
+    return status
+
+
+def run_here(jobs: Sequence[Job], log: Callable[[str], None] = print) -> dict[str, int]:
+    """Run ``jobs`` one after another in this process (a CPU-only machine)."""
+    status = {}
+    for number, job in enumerate(jobs, 1):
+        log(f"[{number}/{len(jobs)}] {job.name}")
+        try:
+            run_job(job)
+            status[job.name] = 0
+        except (RuntimeError, ValueError, OSError) as err:
+            log(f"FAILED: {job.name}: {err}")
+            status[job.name] = 1
+    return status
+
+
+def submit(
+    jobs: Sequence[Job],
+    folder: str | os.PathLike,
+    *,
+    cluster: str | None = None,
+    timeout_min: int = 24 * 60,
+    partition: str | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, int]:
+    """Submit ``jobs`` through submitit, one GPU each, and wait: ``cluster`` None picks SLURM when
+    it is there, "local" runs them as local processes (how the tests run it)."""
+    try:
+        import submitit
+    except ImportError:
+        raise ValueError("--executor slurm needs submitit: pip install 'rmnet[cluster]'") from None
+    executor = submitit.AutoExecutor(folder=str(folder), cluster=cluster)
+    options: dict = dict(timeout_min=timeout_min, nodes=1, tasks_per_node=1)
+    if executor.cluster == "slurm":
+        options |= dict(gpus_per_node=1, cpus_per_task=8) | (
+            {"slurm_partition": partition} if partition else {}
+        )
+    executor.update_parameters(**options)
+    submitted = [(job, executor.submit(run_job, job)) for job in jobs]
+    for job, handle in submitted:
+        log(f"submitted: {job.name} (job {handle.job_id})")
+    status = {}
+    for job, handle in submitted:
+        try:
+            handle.result()
+            status[job.name] = 0
+        except Exception as err:  # noqa: BLE001 - submitit re-raises the job's error of any kind
+            log(f"FAILED: {job.name}: {str(err).strip().splitlines()[-1] if str(err).strip() else err!r}")
+            status[job.name] = 1
+    return status
