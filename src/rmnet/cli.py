@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from rmnet import __version__
-from rmnet.config import TrainConfig
+from rmnet.config import RECIPES, TrainConfig
 from rmnet.io import format_percent
 from rmnet.retrieval.cli import add_commands as add_retrieval_commands
 from rmnet.service.cli import add_serve_command  # argparse only: the service loads when run
@@ -114,9 +114,10 @@ def add_train_command(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--config", help="TrainConfig JSON to start from (e.g. a run's config.json)")
     parser.add_argument(
         "--recipe",
-        choices=("paper",),
-        help="start from the paper's recipe for --arch: ImageNet weights, 60 epochs (80 with --hash-bits), "
-        "the architecture's input size; options given explicitly still override it",
+        choices=RECIPES,
+        help="start from a recipe for --arch; paper: ImageNet weights, 60 epochs (80 with --hash-bits), "
+        "the architecture's input size; mwnl: MWNL's authors' (Adam, 70 epochs, RandAugment, 16-crop "
+        "test; docs/training.md); options given explicitly still override it",
     )
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run from last.pt")
     parser.add_argument(
@@ -178,9 +179,10 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         config = TrainConfig.from_json(args.config)
     elif args.resume and saved.is_file():
         config = TrainConfig.from_json(saved)  # `rmnet train --out RUN --resume` needs nothing else
-    elif getattr(args, "recipe", None) == "paper":
+    elif getattr(args, "recipe", None):
         task = "retrieval" if given.get("hash_bits") else "classification"
-        return TrainConfig.paper(given.pop("arch", TrainConfig.arch), task=task, **given)
+        arch = given.pop("arch", TrainConfig.arch if args.recipe == "paper" else "regnet_y_800mf")
+        return TrainConfig.recipe(args.recipe, arch, task=task, **given)
     else:
         config = TrainConfig()
     return TrainConfig.from_dict(config.to_dict() | given)

@@ -23,6 +23,12 @@ if TYPE_CHECKING:
 VAL_METRICS = ("balanced_accuracy", "accuracy", "kappa", "mean_precision", "auc_macro", "loss")
 RM_PADDINGS = ("none", "full")  # rmnet.meanout.PADDINGS (not imported here: it loads torch)
 OPTIMIZERS = ("sgd", "adam")
+# rmnet.models.inserted.METHODS (not imported here: it loads torch); a test keeps them equal.
+METHODS = ("rm", "gcnn", "orn", "e4net", "stn", "stn_affine", "cycnn")
+ROTATION_AUGMENTATION_MODES = ("continuous", "quarter")
+RECIPES = ("paper", "mwnl")
+MWNL_MILESTONES = "30,40,50,60"
+MWNL_DROPBLOCK = 0.1
 
 
 def _option(default: Any, help: str) -> Any:
@@ -39,6 +45,16 @@ class TrainConfig:
     arch: str = _option("resnet18", "backbone: a preset (resnet18, small_cnn, ...) or a torchvision model")
     rm: str | None = _option(
         None, "where RM sits: '5-8' (strict), 'relaxed:5', 'C-E', 'paper', 'all' (default: none, plain)"
+    )
+    method: str | None = _option(
+        None,
+        "a rotation method inserted into the backbone at --at, keeping every other layer's weights: "
+        + ", ".join(METHODS)
+        + " (rm is the same as --rm)",
+    )
+    at: str | None = _option(
+        None,
+        "blocks where --method sits, in --rm's syntax: '5-8', '3', 'all' (rmnet.models.allowed_positions)",
     )
     k: int = _option(4, "number of rotations in RM (θ = 360°/k); 4 is exact")
     fusion: str = _option("mean", "RM fusion: mean (meanout), max (maxout) or embedding (1×1 conv)")
@@ -65,6 +81,14 @@ class TrainConfig:
         "largest random rotation in training, degrees: 45 draws from ±45° (with RM k=4 that covers "
         "every angle), 360 the whole circle, 0 off (true/false in a config file: 360/0; the paper: off)",
     )
+    rotation_augmentation_mode: str = _option(
+        "continuous",
+        "continuous: an angle uniform up to --rotation-augmentation; quarter: a random quarter turn "
+        "(0/90/180/270°, exact; the paper's 90° interval), whatever --rotation-augmentation says",
+    )
+    randaugment: bool = _option(
+        False, "RandAugment (2 operations, magnitude 10) on training images (MWNL's recipe)"
+    )
     flips: bool = _option(True, "training crops may be flipped (the image, its h-flip or its v-flip)")
     image_size: int | None = _option(
         None,
@@ -80,11 +104,21 @@ class TrainConfig:
     weight_decay: float = _option(5e-4, "weight decay (L2, added to the gradient by both optimizers)")
     lr_step: int = _option(20, "multiply the learning rate by lr_gamma every lr_step epochs")
     lr_gamma: float = _option(0.1, "learning-rate decay factor")
+    lr_milestones: str | None = _option(
+        None,
+        "epochs after which the learning rate is multiplied by lr_gamma, comma-separated "
+        "(MWNL's: '30,40,50,60'); replaces lr_step",
+    )
     seed: int = _option(0, "seed of initialisation, shuffling and augmentation")
     val_metric: str = _option(
         "balanced_accuracy",
         "validation metric that picks best.pt (the paper does not say which checkpoint it reports): "
         + ", ".join(VAL_METRICS),
+    )
+    test_crops: int = _option(
+        1,
+        "evaluation: average the logits over an n×n grid of crops of the resized image (16: MWNL's "
+        "test-time averaging) instead of one centre crop; a square number",
     )
     # Data.
     data: str | None = _option(None, "ISIC 2019 folder, folder of class sub-folders, or CSV of path,label")
@@ -114,6 +148,20 @@ class TrainConfig:
             raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.rm_padding not in RM_PADDINGS:
             raise ValueError(f"rm_padding must be one of {', '.join(RM_PADDINGS)}, got {self.rm_padding!r}")
+        if self.method is not None and self.method not in METHODS:
+            raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if (self.method is None) != (self.at is None):
+            raise ValueError("--method and --at go together: e.g. --method gcnn --at 5-8")
+        if self.method is not None and self.rm is not None:
+            raise ValueError("give RM either as --rm POSITIONS or as --method rm --at POSITIONS, not both")
+        if self.rotation_augmentation_mode not in ROTATION_AUGMENTATION_MODES:
+            raise ValueError(
+                f"rotation_augmentation_mode must be one of {', '.join(ROTATION_AUGMENTATION_MODES)}, "
+                f"got {self.rotation_augmentation_mode!r}"
+            )
+        if round(self.test_crops**0.5) ** 2 != self.test_crops or self.test_crops < 1:
+            raise ValueError(f"test_crops must be a square number (1, 4, 9, 16 ...), got {self.test_crops}")
+        self.milestones()  # validate
         if self.on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {self.on_error!r}")
         for name in ("epochs", "batch_size", "image_size", "resize", "lr_step", "k"):
@@ -129,19 +177,59 @@ class TrainConfig:
             raise ValueError(f"workers must be zero or positive, got {self.workers}")
 
     @classmethod
+    def recipe(
+        cls, name: str, arch: str = "resnet18", task: str = "classification", **changes: Any
+    ) -> TrainConfig:
+        """A named recipe (``RECIPES``) for ``arch``: "paper" (:meth:`paper`) or "mwnl" (:meth:`mwnl`)."""
+        if name not in RECIPES:
+            raise ValueError(f"unknown recipe {name!r}; choose one of {', '.join(RECIPES)}")
+        return getattr(cls, name)(arch, task=task, **changes)
+
+    @classmethod
     def paper(cls, arch: str = "resnet18", task: str = "classification", **changes: Any) -> TrainConfig:
-        """The paper's recipe for ``arch``: ImageNet initialisation, 60 epochs (80 for retrieval, with a
-        16-bit hash layer), the architecture's own input size, RM copies at angles between quarter
-        turns zero-padded (k = 6, 8); ``changes`` override any field."""
+        """The paper's recipe for ``arch``: ImageNet initialisation (for models that have published
+        weights), 60 epochs (80 for retrieval, with a 16-bit hash layer), the architecture's own input
+        size, RM copies at angles between quarter turns zero-padded (k = 6, 8; for models that take
+        RM options); ``changes`` override any field."""
         if task not in ("classification", "retrieval"):
             raise ValueError(f"task must be 'classification' or 'retrieval', got {task!r}")
         retrieval = task == "retrieval" or changes.get("hash_bits") is not None
-        recipe: dict[str, Any] = dict(
-            arch=arch, pretrained="imagenet", epochs=80 if retrieval else 60, rm_padding="full"
-        )
+        recipe: dict[str, Any] = dict(arch=arch, epochs=80 if retrieval else 60)
+        recipe |= _model_defaults(arch)
         if task == "retrieval":
             recipe["hash_bits"] = 16
         return cls(**(recipe | changes))
+
+    @classmethod
+    def mwnl(cls, arch: str = "regnet_y_800mf", task: str = "classification", **changes: Any) -> TrainConfig:
+        """MWNL's authors' ISIC 2019 recipe (yaopengUSTC/mbit-skin-cancer, configs/isic_2019.yaml):
+        the MWNL loss, Adam at 2e-4 with weight decay 1e-4, ×0.1 after epochs 30/40/50/60 of 70,
+        batch 32, RandAugment, short edge 450, 16-crop test-time averaging, DropBlock (p 0.1, after
+        the last two blocks; presets only). docs/training.md lists what differs from theirs."""
+        base = cls.paper(arch, task=task)
+        recipe: dict[str, Any] = dict(
+            arch=arch, pretrained=base.pretrained, rm_padding=base.rm_padding, hash_bits=base.hash_bits,
+            loss="mwnl", optimizer="adam", lr=2e-4, weight_decay=1e-4, lr_milestones=MWNL_MILESTONES,
+            lr_gamma=0.1, epochs=70, batch_size=32, randaugment=True, resize=450, test_crops=16,
+        )  # fmt: skip
+        if _model_takes(arch, "dropblock"):
+            recipe["model_options"] = {"dropblock": MWNL_DROPBLOCK} | changes.pop("model_options", {})
+        return cls(**(recipe | changes))
+
+    def milestones(self) -> list[int] | None:
+        """``lr_milestones`` as a sorted list of epochs, or None (a step every ``lr_step`` epochs)."""
+        if self.lr_milestones is None or not str(self.lr_milestones).strip():
+            return None
+        try:
+            epochs = [int(part) for part in str(self.lr_milestones).split(",")]
+        except ValueError:
+            raise ValueError(
+                "lr_milestones must be epochs separated by commas, e.g. '30,40,50,60', "
+                f"got {self.lr_milestones!r}"
+            ) from None
+        if any(e < 1 for e in epochs) or epochs != sorted(set(epochs)):
+            raise ValueError(f"lr_milestones must be increasing positive epochs, got {self.lr_milestones!r}")
+        return epochs
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -211,5 +299,27 @@ def build_model(config: TrainConfig, num_classes: int) -> ImageClassifier:
         rm_padding=config.rm_padding,
         hash_bits=config.hash_bits,
         pretrained=config.pretrained,
+        method=config.method,
+        at=config.at,
         **config.model_options,
     )
+
+
+def _model_takes(arch: str, option: str) -> bool:
+    """Whether ``arch``'s builder takes ``option`` by name."""
+    from rmnet.models import model_entry
+
+    return option in model_entry(arch).accepts()[0]
+
+
+def _model_defaults(arch: str) -> dict[str, Any]:
+    """The paper's model settings that ``arch`` can take: ImageNet weights where published, RM's
+    zero padding where it has RM options. A model without them keeps its defaults (not an error)."""
+    from rmnet.models import model_entry
+
+    out: dict[str, Any] = {}
+    if model_entry(arch).has_imagenet_weights:
+        out["pretrained"] = "imagenet"
+    if _model_takes(arch, "rm_padding"):
+        out["rm_padding"] = "full"
+    return out

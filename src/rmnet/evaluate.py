@@ -238,7 +238,7 @@ def evaluate_run(
     """
     run = run_dir if isinstance(run_dir, Run) else Run(run_dir, checkpoint=checkpoint)
     model, config, class_names = run.load_model(), run.config, run.class_names
-    dataset = run.dataset(part)
+    dataset = run.dataset(part, crops=config.test_crops)  # test-time averaging (MWNL's recipe: 16)
     retrieval = None
     if model.hash_bits:  # a hash layer: the paper's retrieval evaluation
         from rmnet.retrieval.evaluation import retrieval_report

@@ -45,7 +45,8 @@ def infer(
 
     ``views`` defaults to the images as they are (key 0); codes are kept for the views in
     ``keep_codes`` (default: the first view) since they cost memory. The model runs in eval mode
-    and gets its own mode back afterwards.
+    and gets its own mode back afterwards. A dataset whose items are stacks of crops (n, C, H, W)
+    (``test_crops``) gets the logits and codes averaged over each image's crops.
     """
     model = unwrap(model)
     views = {0: lambda images, start: images} if views is None else views
@@ -61,7 +62,7 @@ def infer(
         images = images.to(device)
         labels.append(torch.as_tensor(targets))
         for key, view in views.items():
-            batch_codes, batch_logits = model.forward_codes(view(images, start))
+            batch_codes, batch_logits = _forward_averaged(model, view(images, start))
             logits[key].append(batch_logits.float().cpu())
             if key in keep:
                 codes[key].append(batch_codes.float().cpu())
@@ -75,3 +76,12 @@ def infer(
         for key in views
     }
     return (torch.cat(labels).numpy() if labels else np.zeros(0, np.int64)), outputs
+
+
+def _forward_averaged(model: ImageClassifier, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(codes, logits) of a batch (B, C, H, W), or of crop stacks (B, n, C, H, W) averaged over n."""
+    if images.dim() != 5:
+        return model.forward_codes(images)
+    b, n = images.shape[:2]
+    codes, logits = model.forward_codes(images.flatten(0, 1))
+    return codes.unflatten(0, (b, n)).mean(dim=1), logits.unflatten(0, (b, n)).mean(dim=1)

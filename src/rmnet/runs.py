@@ -104,15 +104,19 @@ def load_table(config: TrainConfig) -> ImageTable:
 
 
 def split_dataset(
-    config: TrainConfig, table: ImageTable, split: Split, part: str, train: bool
+    config: TrainConfig, table: ImageTable, split: Split, part: str, train: bool, crops: int = 1
 ) -> ImageDataset:
-    """Split part "train", "val" or "test" of ``table`` with the train (augmenting) or eval transform."""
+    """Split part "train", "val" or "test" of ``table`` with the train (augmenting) or eval transform
+    (``crops`` > 1: each image is a stack of that many grid crops, for test-time averaging)."""
     transform = build_transform(
         train,
         config.input_size(),
         resize=config.resize_short_edge(),
         rotation_augmentation=config.rotation_augmentation,
         flips=config.flips,
+        rotation_mode=config.rotation_augmentation_mode,
+        randaugment=config.randaugment,
+        crops=crops,
     )
     return ImageDataset(table, split.part(part), transform, on_error=config.on_error)
 
@@ -202,9 +206,10 @@ class Run:
         path = self.checkpoint if which is None else self._require(CHECKPOINTS[which], "training writes it")
         return load_checkpoint(path)[0]
 
-    def dataset(self, part: str, train: bool = False) -> ImageDataset:
-        """The ImageDataset of split part "train", "val" or "test", with the train or eval transform."""
-        return split_dataset(self.config, self.table, self.split, part, train)
+    def dataset(self, part: str, train: bool = False, crops: int = 1) -> ImageDataset:
+        """The ImageDataset of split part "train", "val" or "test", with the train or eval transform
+        (``crops``: test-time grid crops per image, the run's ``test_crops`` at evaluation)."""
+        return split_dataset(self.config, self.table, self.split, part, train, crops)
 
     def _require(self, relative: str, hint: str) -> Path:
         path = self.dir / relative

@@ -1,7 +1,7 @@
 """The training loop, in one place: one process, or one process per GPU under ``torchrun`` (DDP).
 
     fit(config, train_set, val_set, out_dir)
-      build the model and objective; SGD (the paper's recipe) or Adam + StepLR
+      build the model and objective; SGD (the paper's recipe) or Adam; StepLR or MultiStepLR
       [resume from out_dir/checkpoints/last.pt]
       for each epoch:
         seed the epoch's randomness from (seed, epoch, rank)
@@ -125,9 +125,7 @@ def fit(
         ).to(device)
         step = TrainingStep(model, objective)
         optimizer = build_optimizer(config, parameter_groups(step, config.lr))
-        scheduler = torch.optim.lr_scheduler.StepLR(
-            optimizer, step_size=config.lr_step, gamma=config.lr_gamma
-        )
+        scheduler = build_scheduler(config, optimizer)
         scaler = torch.amp.GradScaler(device.type, enabled=amp and device.type == "cuda")
 
         state: dict[str, Any] = {"epoch": 0, "history": [], "best_score": None, "best_epoch": None}
@@ -354,6 +352,17 @@ def build_optimizer(config: TrainConfig, groups: list[dict[str, Any]]) -> torch.
     if config.optimizer == "adam":
         return torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay)
     return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+
+
+def build_scheduler(
+    config: TrainConfig, optimizer: torch.optim.Optimizer
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """The learning rate × ``lr_gamma`` after each epoch in ``lr_milestones`` (MWNL's 30/40/50/60),
+    or every ``lr_step`` epochs (the paper's); stepped once per epoch."""
+    milestones = config.milestones()
+    if milestones:
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=config.lr_gamma)
+    return torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step, gamma=config.lr_gamma)
 
 
 def parameter_groups(module: nn.Module, lr: float) -> list[dict[str, Any]]:

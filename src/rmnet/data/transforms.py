@@ -6,6 +6,7 @@ import math
 from collections.abc import Callable
 
 import torch
+from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from rmnet.models.weights import IMAGENET_MEAN, IMAGENET_STD, resize_for
@@ -58,12 +59,60 @@ def random_rotation(max_angle: bool | float | str | None) -> v2.RandomRotation |
     return v2.RandomRotation(degrees=degrees, interpolation=v2.InterpolationMode.BILINEAR)
 
 
+ROTATION_MODES = ("continuous", "quarter")  # = rmnet.config.ROTATION_AUGMENTATION_MODES
+RANDAUGMENT = dict(num_ops=2, magnitude=10)  # MWNL's authors' AUG_LAYER_NUM and AUG_MAG
+
+
+class RandomQuarterTurn:
+    """Turn the image by 0, 90, 180 or 270° (each equally likely; torch's generator): exact, no
+    interpolation and nothing cut off, the paper's "90-degree" rotation interval."""
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        turns = int(torch.randint(4, ()))
+        turned = torch.rot90(image, turns, dims=(-2, -1))
+        return tv_tensors.wrap(turned, like=image) if isinstance(image, tv_tensors.Image) else turned
+
+    def __repr__(self) -> str:
+        return "RandomQuarterTurn()"
+
+
+class GridCrops:
+    """An n×n grid of ``size`` crops spread evenly over the image, corner to corner, stacked
+    (n², C, size, size): MWNL's authors' multi-crop test (their ``_val_multi_crop``)."""
+
+    def __init__(self, size: int, crops: int) -> None:
+        per_side = math.isqrt(crops)
+        if crops < 2 or per_side * per_side != crops:
+            raise ValueError(f"grid crops need a square number of at least 4 crops, got {crops}")
+        self.size, self.per_side = size, per_side
+
+    def offsets(self, length: int) -> list[int]:
+        """Where the crops start along a side of ``length`` pixels (first flush, last flush)."""
+        span = length - self.size
+        return [int(i * span / (self.per_side - 1)) for i in range(self.per_side)]
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        h, w = image.shape[-2:]
+        if min(h, w) < self.size:
+            raise ValueError(f"an image of {w}×{h} px is smaller than the {self.size} px crops")
+        s = self.size
+        crops = [image[..., y : y + s, x : x + s] for y in self.offsets(h) for x in self.offsets(w)]
+        return torch.stack([c.as_subclass(torch.Tensor) for c in crops])
+
+    def __repr__(self) -> str:
+        return f"GridCrops(size={self.size}, crops={self.per_side**2})"
+
+
 def build_transform(
     train: bool,
     image_size: int,
     resize: int | None = None,
     rotation_augmentation: bool | float = 0.0,
     flips: bool = True,
+    *,
+    rotation_mode: str = "continuous",
+    randaugment: bool = False,
+    crops: int = 1,
 ) -> Callable:
     """The paper's recipe (SPEC §3) as a v2 pipeline returning a normalised float tensor (3, S, S).
 
@@ -74,13 +123,22 @@ def build_transform(
     (train only) is the largest rotation angle in degrees: the resized image is rotated by an
     angle uniform in [−angle, angle] (180 or more, or True: the whole circle, the "RA" baseline)
     before cropping; 0 or False (the default) is off, and the paper's RM runs never use it.
+    ``rotation_mode="quarter"`` turns it by a random quarter turn instead (whatever the angle).
+    ``randaugment``: torchvision's RandAugment (2 operations, magnitude 10) before cropping (train).
+    ``crops`` > 1 (eval): an n×n grid of crops, stacked (crops, 3, S, S), for test-time averaging.
     """
+    if rotation_mode not in ROTATION_MODES:
+        raise ValueError(f"rotation mode must be one of {', '.join(ROTATION_MODES)}, got {rotation_mode!r}")
     resize = resize or resize_for(image_size)
     if resize < image_size:
         raise ValueError(f"resize ({resize}) must be at least image_size ({image_size})")
     steps: list[Callable] = [v2.ToImage(), v2.Resize(resize, antialias=True)]
     if train:
-        rotation = random_rotation(rotation_augmentation)
+        if randaugment:
+            steps.append(v2.RandAugment(**RANDAUGMENT))
+        rotation = (
+            RandomQuarterTurn() if rotation_mode == "quarter" else random_rotation(rotation_augmentation)
+        )
         if rotation is not None:
             steps.append(rotation)
         steps.append(v2.RandomCrop(image_size))
@@ -88,6 +146,6 @@ def build_transform(
             steps.append(v2.RandomChoice([v2.Identity(), _HFLIP, _VFLIP]))
     else:
         max_rotation_angle(rotation_augmentation)  # validate it all the same
-        steps.append(v2.CenterCrop(image_size))
+        steps.append(GridCrops(image_size, crops) if crops > 1 else v2.CenterCrop(image_size))
     steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
     return v2.Compose(steps)

@@ -98,8 +98,21 @@ class E4Convolution(nn.Module):
         return f"kernel_size={self.kernel_size}, groups={self.groups}, group_channels={self.group_channels}"
 
 
+def initialise_group_convolutions(module: nn.Module) -> None:
+    """ResNet's initialisation (torchvision's) for every group convolution in ``module``: He normal
+    with the fan-out of the dense convolution it becomes (C_out·|G|·k²), biases 0."""
+    for m in module.modules():
+        if isinstance(m, (LiftingConvolution, GroupConvolution)):
+            c_out, k = m.weight.shape[0], m.weight.shape[-1]
+            nn.init.normal_(m.weight, std=math.sqrt(2.0 / (c_out * C4.order * k * k)))
+            nn.init.zeros_(m.bias)
+
+
 class C4BasicBlock(nn.Module):
-    """Group conv 3×3 → BN → ReLU → (E4 layer | group conv 3×3) → BN, plus the shortcut, ReLU."""
+    """Group conv 3×3 → BN → ReLU → (E4 layer | group conv 3×3) → BN, plus the shortcut, ReLU.
+
+    ``lift``: the block takes plain maps (B, C, H, W) and lifts them (its 3×3 and shortcut
+    convolutions are lifting convolutions): the first block of a C4 region inside a CNN."""
 
     def __init__(
         self,
@@ -109,10 +122,12 @@ class C4BasicBlock(nn.Module):
         *,
         e4: bool = True,
         dropout: float = 0.0,
+        lift: bool = False,
         **e4_options,
     ) -> None:
         super().__init__()
-        self.conv1 = GroupConvolution(C4, inplanes, planes, 3, stride=stride, padding=1)
+        conv = LiftingConvolution if lift else GroupConvolution  # lift: plain (B, C, H, W) input
+        self.conv1 = conv(C4, inplanes, planes, 3, stride=stride, padding=1)
         self.bn1 = GroupBatchNorm(planes)
         self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
         if e4:
@@ -121,9 +136,9 @@ class C4BasicBlock(nn.Module):
             self.conv2 = GroupConvolution(C4, planes, planes, 3, padding=1)
         self.bn2 = GroupBatchNorm(planes)
         self.downsample = None
-        if stride != 1 or inplanes != planes:
+        if stride != 1 or inplanes != planes or lift:
             self.downsample = nn.Sequential(
-                GroupConvolution(C4, inplanes, planes, 1, stride=stride), GroupBatchNorm(planes)
+                conv(C4, inplanes, planes, 1, stride=stride), GroupBatchNorm(planes)
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -168,11 +183,7 @@ class C4ResNet(ImageClassifier):
         """ResNet's initialisation (torchvision's): He normal with the fan-out of the dense
         convolution a group convolution becomes (C_out·|G|·k²), biases 0. gcnn's own default (PyTorch's
         conv init) is ~2.5× smaller, which under BatchNorm means a ~6× larger effective step."""
-        for m in self.modules():
-            if isinstance(m, (LiftingConvolution, GroupConvolution)):
-                c_out, k = m.weight.shape[0], m.weight.shape[-1]
-                nn.init.normal_(m.weight, std=math.sqrt(2.0 / (c_out * C4.order * k * k)))
-                nn.init.zeros_(m.bias)
+        initialise_group_convolutions(self)
 
     def group_maps(self, x: torch.Tensor) -> torch.Tensor:
         """The last stage's C4 group maps (B, C, 4, H', W'), equivariant to quarter turns of x."""

@@ -31,6 +31,8 @@ COMMON_DEFAULTS: dict[str, object] = dict(
     rm_padding="none",
     hash_bits=None,
     pretrained=None,
+    method=None,
+    at=None,
 )
 
 
@@ -48,6 +50,14 @@ class ModelEntry:
         if self.preset is None:
             return 224
         return self.preset.weights.input_size if self.preset.weights else self.preset.input_size
+
+    @property
+    def has_imagenet_weights(self) -> bool:
+        """Whether ``pretrained="imagenet"`` can start it: a preset with published weights, or a
+        torchvision model (whole-network GCNN/ORN/E4-Net and small_cnn have none)."""
+        if self.preset is not None:
+            return self.preset.weights is not None
+        return self.name not in _REGISTRY
 
     @property
     def min_input_size(self) -> int:
@@ -116,9 +126,13 @@ def create_model(
     rm_padding: str = "none",
     hash_bits: int | None = None,
     pretrained: str | os.PathLike | None = None,
+    method: str | None = None,
+    at: str | None = None,
     **kwargs,
 ) -> ImageClassifier:
-    """Build ``name`` with RM at ``rm`` ("5-8", "relaxed:5", "paper", "all", module paths, None).
+    """Build ``name`` with RM at ``rm`` ("5-8", "relaxed:5", "paper", "all", module paths, None),
+    or a compared ``method`` ("gcnn", "orn", "e4net", "stn", "stn_affine", "cycnn"; "rm" is ``rm``)
+    inserted at blocks ``at`` of a preset backbone (rmnet.models.inserted, allowed_positions).
 
     ``rm_padding`` matters only for RM angles that are not multiples of 90° (k = 6, 8): "none" keeps
     the map size, "full" zero-pads the copies first, as the paper does (:mod:`rmnet.meanout`).
@@ -130,11 +144,16 @@ def create_model(
     entry = model_entry(name)
     given = dict(
         rm=rm, k=k, fusion=fusion, dihedral=dihedral, rotate=rotate, share_weights=share_weights,
-        rm_padding=rm_padding, hash_bits=hash_bits, pretrained=pretrained,
+        rm_padding=rm_padding, hash_bits=hash_bits, pretrained=pretrained, method=method, at=at,
     )  # fmt: skip
     options = {key: v for key, v in given.items() if v != COMMON_DEFAULTS[key]} | kwargs
     named, any_other = entry.accepts()
     refused = sorted(key for key in options if key not in named and (key in COMMON_DEFAULTS or not any_other))
+    if refused and {"method", "at"} & set(refused):
+        raise ValueError(
+            f"model {name!r} takes no inserted method: methods go into a preset backbone "
+            "(e.g. create_model('resnet18', method='gcnn', at='5-8'); rmnet.models.allowed_positions)"
+        )
     if refused:
         raise ValueError(
             f"model {name!r} does not take the option(s) {', '.join(refused)}; "

@@ -234,7 +234,7 @@ class _Lambda(nn.Module):
 
 
 def preset_builder(preset: BackbonePreset):
-    """The registered builder of ``preset``: the backbone with RM at any block range."""
+    """The registered builder of ``preset``: the backbone with RM (or a compared method) at any blocks."""
 
     def build(
         num_classes: int = 8,
@@ -248,17 +248,76 @@ def preset_builder(preset: BackbonePreset):
         rm_padding: str = "none",
         hash_bits: int | None = None,
         pretrained: str | os.PathLike | None = None,
+        method: str | None = None,
+        at: str | None = None,
+        dropblock: float = 0.0,
         **build_kwargs,
-    ) -> RMNet:
+    ) -> PresetNet:
         weights = resolve_weights(pretrained, preset.weights, preset.name)
-        return RMNet(
-            preset, num_classes, rm=rm, k=k, fusion=fusion, dihedral=dihedral, rotate=rotate,
-            share_weights=share_weights, rm_padding=rm_padding, hash_bits=hash_bits, weights=weights,
-            **build_kwargs,
-        )  # fmt: skip
+        if (method is None) != (at is None):
+            raise ValueError(f"give method and at together, e.g. method='gcnn', at='{preset.paper_rm}'")
+        if method == "rm":
+            if rm is not None:
+                raise ValueError("give RM either as rm=POSITIONS or as method='rm', at=POSITIONS, not both")
+            method, rm = None, at
+        if method is not None:
+            from rmnet.models.inserted import InsertedNet
 
-    build.__doc__ = f"{preset.name} with RM at any block range (the paper's position: {preset.paper_rm})."
+            rm_options = dict(
+                rm=rm, k=k, fusion=fusion, dihedral=dihedral, rotate=rotate, share_weights=share_weights
+            )
+            changed = sorted(key for key, value in rm_options.items() if value != RM_DEFAULTS[key])
+            if changed:
+                raise ValueError(f"the RM option(s) {', '.join(changed)} do not apply to method {method!r}")
+            model = InsertedNet(
+                preset, num_classes, method, at, hash_bits=hash_bits, weights=weights, **build_kwargs
+            )
+        else:
+            model = RMNet(
+                preset, num_classes, rm=rm, k=k, fusion=fusion, dihedral=dihedral, rotate=rotate,
+                share_weights=share_weights, rm_padding=rm_padding, hash_bits=hash_bits, weights=weights,
+                **build_kwargs,
+            )  # fmt: skip
+        return add_dropblock(model, dropblock)
+
+    build.__doc__ = (
+        f"{preset.name} with RM at any block range (the paper's position: {preset.paper_rm}), "
+        "or a compared method at some blocks (method=…, at=…)."
+    )
     return build
+
+
+RM_DEFAULTS = dict(rm=None, k=4, fusion="mean", dihedral=False, rotate=True, share_weights=True)
+DROPBLOCK_SIZE = 5  # MWNL's authors' BLOCK_SIZE
+
+
+def add_dropblock(model: PresetNet, p: float, block_size: int = DROPBLOCK_SIZE) -> PresetNet:
+    """DropBlock (torchvision's DropBlock2d) on the outputs of the last two numbered blocks, in
+    training only, as MWNL's authors' RegNet does after its last two stages. ``p`` 0: nothing."""
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"dropblock must be a probability in [0, 1), got {p}")
+    if p == 0.0:
+        return model
+    from torchvision.ops import DropBlock2d
+
+    model.dropblock = nn.ModuleList()
+    for path in model.preset.blocks[-2:]:
+        drop = DropBlock2d(p, block_size)
+        model.dropblock.append(drop)
+        model.get_submodule(path).register_forward_hook(_DropBlockHook(drop))
+    return model
+
+
+class _DropBlockHook:
+    """A forward hook applying ``drop`` to a block's output (group maps flattened to channels)."""
+
+    def __init__(self, drop: nn.Module) -> None:
+        self.drop = drop
+
+    def __call__(self, module: nn.Module, inputs, output: torch.Tensor) -> torch.Tensor:
+        if output.dim() == 5:
+            return self.drop(output.flatten(1, 2)).unflatten(1, output.shape[1:3])
+        return self.drop(output)
 
 
 for _preset in PRESETS.values():
