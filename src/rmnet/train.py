@@ -555,11 +555,38 @@ def repeat(
     *,
     resume: bool = False,
     progress: bool = True,
+    gpus: Sequence[Any] | None = None,
 ) -> list[Path]:
-    """Train once per seed into ``out_dir/seed-S`` (same split), for results reported as mean ± SD."""
-    run_dirs = []
-    for seed in seeds:
-        run_dir = Path(out_dir) / f"seed-{seed}"
-        train(config.replace(seed=seed), run_dir, resume=resume, progress=progress)
-        run_dirs.append(run_dir)
+    """Train once per seed into ``out_dir/seed-S`` (same split), for results reported as mean ± SD.
+
+    With GPUs (``gpus``, default: the local ones) and several seeds, the runs go side by side as
+    subprocesses packed onto the GPUs by ``rmnet.reproduce.runner``; otherwise one after another.
+    """
+    from rmnet.reproduce import runner
+
+    run_dirs = [Path(out_dir) / f"seed-{seed}" for seed in seeds]
+    single_process = int(os.environ.get("WORLD_SIZE", 1)) == 1 and config.device in ("auto", "cuda")
+    gpus = list(runner.local_gpus() if gpus is None and single_process and len(seeds) > 1 else gpus or [])
+    if not gpus:
+        for seed, run_dir in zip(seeds, run_dirs, strict=True):
+            train(config.replace(seed=seed), run_dir, resume=resume, progress=progress)
+        return run_dirs
+    from rmnet.reproduce.estimate import training_memory_mib
+    from rmnet.reproduce.job import Job
+
+    if not resume and (started := [d for d in run_dirs if (d / LAST_CHECKPOINT).exists()]):
+        raise FileExistsError(
+            f"{started[0]} already holds a run; pass --resume to continue it, or choose another --out"
+        )
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    jobs = []
+    for seed, run_dir in zip(seeds, run_dirs, strict=True):
+        config_file = Path(out_dir) / f".seed-{seed}.config.json"
+        config.replace(seed=seed).to_json(config_file)
+        memory = training_memory_mib(config.arch, config.batch_size)
+        jobs.append(Job(str(run_dir), ("--config", str(config_file)), None, memory, run_dir.name))
+    status = runner.run_on_gpus(jobs, gpus, log=print if progress else lambda _: None)
+    failed = sorted(name for name, code in status.items() if code != 0)
+    if failed:
+        raise ChildProcessError(f"training {', '.join(failed)} in {out_dir} failed (see the output above)")
     return run_dirs

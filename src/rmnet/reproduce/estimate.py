@@ -37,6 +37,7 @@ K8_TIME = 4456 / 2514  # steps.csv, channels-last: RM 5–8 with k = 8 takes 1.7
 ASSUMPTIONS = (
     "RM at any position, and GCNN, ORN, STN, CyCNN, E4-Net inserted into a block range, train at "
     "the measured rate of RM at the paper's position of the same backbone",
+    "a method over the whole ResNet18 (position all) trains at the rate of RM over the whole ResNet18",
     "k = 6 takes the mean of the measured k = 4 and k = 8 times",
     "TI-pooling, RiDe, RIR and CRI (four rotated copies of the input through the whole network) "
     "take 4× the plain network's time",
@@ -89,3 +90,10 @@ def estimate(experiment: Experiment, batch_size: int = 32) -> RunCost:
     if experiment.task == "retrieval":  # embed the database once, the queries at four angles
         seconds += (SPLIT["train"] + 4 * SPLIT["test"]) / infer_rate
     return RunCost(seconds, int(memory * batch_size / 64 + CUDA_CONTEXT_MIB))
+
+
+def training_memory_mib(arch: str, batch_size: int = 32, kind: str = "rm") -> int:
+    """Estimated peak GPU memory of training ``arch`` (measured with RM at the paper's position, the
+    larger of plain and RM; ResNet18's where ``arch`` was not measured)."""
+    arch = arch if (arch, kind) in MEASURED else "resnet18"
+    return int(MEASURED[(arch, kind)][2] * batch_size / 64 + CUDA_CONTEXT_MIB)

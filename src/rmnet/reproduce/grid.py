@@ -18,20 +18,21 @@ SMOKE_EVALUATE = ("--angles", "90", "--sweep-step", "360", "--batch-size", "16",
 EVALUATE = ("--no-tsne", "--quiet")
 
 
-def smoke_options(arch: str) -> tuple[str, ...]:
-    """Tiny sizes for ``--smoke``: random weights, the architecture's smallest input, one epoch."""
+def smoke_options(experiment: Experiment) -> tuple[str, ...]:
+    """Tiny sizes for ``--smoke``: random weights, the architecture's smallest input (96 px under
+    MWNL's DropBlock, whose block must fit the last maps at an odd size), one epoch."""
     from rmnet.models import model_entry
 
-    size = max(32, model_entry(arch).min_input_size)
-    return ("--pretrained", "none", "--image-size", str(size), "--epochs", "1", "--batch-size", "8",
-            "--workers", "0")  # fmt: skip
+    size = max(96 if "mwnl" in experiment.args[:2] else 32, model_entry(experiment.arch).min_input_size)
+    return ("--pretrained", "none", "--image-size", str(size), "--resize", str(size * 8 // 7),
+            "--epochs", "1", "--batch-size", "8", "--workers", "0")  # fmt: skip
 
 
 def make_job(
     experiment: Experiment, seed: int, data: str, out: Path, smoke: bool, extra: Sequence[str]
 ) -> Job:
     train = (*experiment.args, "--data", data, "--seed", str(seed), *extra)
-    train += smoke_options(experiment.arch) if smoke else ()
+    train += smoke_options(experiment) if smoke else ()
     evaluate = EVALUATE + (SMOKE_EVALUATE if smoke else ())
     name = f"{experiment.key}/seed-{seed}"
     path = str(run_dir(out, experiment, seed))

@@ -24,7 +24,7 @@ class Job:
 
     run_dir: str
     train_args: tuple[str, ...]  # with --data and --seed, without --out / --resume
-    evaluate_args: tuple[str, ...]
+    evaluate_args: tuple[str, ...] | None  # None: train only
     memory_mib: int = 0  # estimated peak GPU memory, for packing runs onto one GPU
     name: str = ""
 
@@ -61,6 +61,8 @@ def run_job(job: Job) -> str:
         argv = ["train", *job.train_args, "--out", job.run_dir, "--quiet"]
         if main(argv + ["--resume"] * (state == "interrupted")) != 0:
             raise RuntimeError(f"training {job.run_dir} failed: rmnet {' '.join(argv)}")
+    if job.evaluate_args is None:
+        return state
     if state != "finished" and main(["evaluate", job.run_dir, *job.evaluate_args]) != 0:
         raise RuntimeError(f"evaluating {job.run_dir} failed")
     return state

@@ -116,12 +116,13 @@ def experiment(arch: str, *options: str, task: str = "classification", cost: str
     args = ("--recipe", recipe, "--arch", arch, *options)
     if task == "retrieval":
         args += ("--hash-bits", HASH_BITS)
-    slug = "_".join(o.removeprefix("--").replace(":", "").replace("/", "-") for o in options)
-    key = "-".join(
-        part
-        for part in (arch, recipe if recipe != "paper" else "", slug, "hash" * (task == "retrieval"))
-        if part
-    )
+    parts, rest = [], list(options)
+    while rest:  # "--rm 5-8 --no-rotate" -> rm-5-8, no-rotate
+        flag = rest.pop(0).removeprefix("--")
+        value = rest.pop(0) if rest and not rest[0].startswith("--") else None
+        parts.append(flag if value is None else f"{flag}-{value.replace(':', '').replace('/', '-')}")
+    tags = ([recipe] if recipe != "paper" else []) + parts + (["hash"] if task == "retrieval" else [])
+    key = "_".join([arch, *tags])
     if cost is None:
         cost = "rm" if options else "plain"
     return Experiment(key, args, arch, task, cost, position)
@@ -136,7 +137,8 @@ def rm(arch: str, position: str, *options: str, task: str = "classification", co
 
 
 def inserted(method: str, position: str, arch: str = "resnet18") -> Experiment:
-    return experiment(arch, "--method", method, "--at", position, position=position)
+    cost = "all" if position == "all" else "rm"  # "all" changes the stem too
+    return experiment(arch, "--method", method, "--at", position, position=position, cost=cost)
 
 
 def build_plan(tables: Sequence[int] = TABLES, seeds: Sequence[int] = SEEDS) -> Plan:
@@ -215,8 +217,8 @@ def _table_8(plan: Plan, r18: Experiment, r18_rm: Experiment) -> None:
     from rmnet.models import allowed_positions  # the model registry: loads torch
 
     plan.row(8, "", "Baseline", r18)
-    plan.row(8, "", "RA", experiment("resnet18", "--rotation-augmentation", "360",
-                                     "--rotation-augmentation-mode", "quarter", cost="plain"))  # fmt: skip
+    ra = experiment("resnet18", "--rotation-augmentation-mode", "quarter", cost="plain")
+    plan.row(8, "", "RA", ra)
     plan.row(8, "", "TI-pooling", experiment("ti_pooling_resnet18", cost="input4"))
     for label, methods in INSERTED.items():
         candidates = [inserted(m, p) for m in methods for p in allowed_positions(m, "resnet18")]
@@ -227,15 +229,19 @@ def _table_8(plan: Plan, r18: Experiment, r18_rm: Experiment) -> None:
 
 
 def smoke_subset(plan: Plan) -> set[str]:
-    """One representative experiment per row group (the group's last row), and for Table 8, whose
-    rows are methods, every row's first candidate: what ``--smoke`` trains on a CPU."""
-    chosen: dict[tuple[int, str], str] = {}
-    picked = set()
+    """What ``--smoke`` trains: one representative per row group (the group's experiment that the
+    most rows of the plan share, the later row on a tie), plus one run of each kind the
+    representatives leave out (an inserted method, MWNL's recipe, a hashing loss)."""
+    shares: dict[str, int] = {}
     for row in plan.rows:
-        if row.table == 8:
-            picked.add(row.candidates[0])
-        elif row.table == 10:
-            chosen[(10, row.label.removesuffix(" RM"))] = row.candidates[0]
-        else:
-            chosen[(row.table, row.group)] = row.candidates[0]
-    return picked | set(chosen.values())
+        for key in row.candidates:
+            shares[key] = shares.get(key, 0) + 1
+    best: dict[tuple[int, str], tuple[int, int, str]] = {}
+    for order, row in enumerate(plan.rows):
+        key = row.candidates[0]
+        best[(row.table, row.group)] = max(
+            best.get((row.table, row.group), (-1, -1, "")), (shares[key], order, key)
+        )
+    chosen = {key for _, _, key in best.values()}
+    extras = {(8, "GCNN"), (9, "RegNetY800M MWNL RM"), (11, "DCH")}
+    return chosen | {r.candidates[0] for r in plan.rows if (r.table, r.label) in extras}

@@ -18,7 +18,7 @@ from pathlib import Path
 from rmnet.io import atomic_write_text
 from rmnet.report import markdown_table
 from rmnet.reproduce.job import REPORT, run_state
-from rmnet.reproduce.paper import CLASS_COLUMNS, COLUMNS, METRIC_ROWS, MISPRINTS, TITLES, paper_cell
+from rmnet.reproduce.paper import CLASS_COLUMNS, COLUMNS, METRIC_ROWS, MISPRINTS, NOTES, TITLES, paper_cell
 from rmnet.reproduce.plan import Experiment, Plan, Row
 
 # Our report's key for each paper column (Tables 3–7, 9–11).
@@ -157,6 +157,8 @@ def table_markdown(table: int, results: Results, smoke: bool = False) -> str:
                 ]
             body.append([results.label(row), *cells])
         lines.append(markdown_table(header, body))
+    if table in NOTES:
+        lines += ["", NOTES[table]]
     notes = [m for m in MISPRINTS if f"Table {table}" in m]
     if notes:
         lines += ["", "The paper's text as printed: " + " ".join(notes)]
