@@ -90,7 +90,8 @@ def test_the_estimate_is_epochs_times_images_over_the_measured_rate(plan):
 
 
 def test_dry_run_lists_every_run_with_its_gpu_time(tmp_path, capsys):
-    assert main(["reproduce", "--out", str(tmp_path), "--dry-run", "--tables", "3", "5", "--seeds", "0", "1"]) == 0
+    command = ["reproduce", "--out", str(tmp_path), "--dry-run", "--tables", "3", "5", "--seeds", "0", "1"]
+    assert main(command) == 0
     out = capsys.readouterr().out
     assert "**12 runs (6 configurations), about" in out
     assert out.count("| resnet18_rm-5-8_k-8 |") == 2
