@@ -48,7 +48,8 @@ def test_jobs_pack_onto_gpus_by_their_memory_and_the_per_gpu_limit(tmp_path):
 
 def test_a_job_larger_than_every_gpu_runs_alone_and_a_failure_is_reported(tmp_path):
     gpus = [Gpu("0", 1_000)]
-    jobs = [Job("a", (), None, 50_000, "big"), Job("b", (), None, 10, "small")]
+    big = Job(str(tmp_path / "a"), (), None, 50_000, "big")
+    jobs = [big, Job(str(tmp_path / "b"), (), None, 10, "small")]
 
     def command(job, job_file):
         return [sys.executable, "-c", f"import sys; sys.exit({int(job.name == 'small')})"]

@@ -54,17 +54,21 @@ def run_state(run_dir: str | Path) -> str:
 
 def run_job(job: Job) -> str:
     """Bring ``job`` to "finished"; returns the state it started in. Raises when a command fails."""
-    from rmnet.cli import main
+    from rmnet.cli import EXIT_INTERRUPTED, main
+
+    def rmnet(argv: list[str], what: str) -> None:
+        code = main(argv)
+        if code == EXIT_INTERRUPTED:
+            raise KeyboardInterrupt
+        if code != 0:
+            raise RuntimeError(f"{what} {job.run_dir} failed: rmnet {' '.join(argv)}")
 
     state = run_state(job.run_dir)
     if state in ("new", "interrupted"):
         argv = ["train", *job.train_args, "--out", job.run_dir, "--quiet"]
-        if main(argv + ["--resume"] * (state == "interrupted")) != 0:
-            raise RuntimeError(f"training {job.run_dir} failed: rmnet {' '.join(argv)}")
-    if job.evaluate_args is None:
-        return state
-    if state != "finished" and main(["evaluate", job.run_dir, *job.evaluate_args]) != 0:
-        raise RuntimeError(f"evaluating {job.run_dir} failed")
+        rmnet(argv + ["--resume"] * (state == "interrupted"), "training")
+    if job.evaluate_args is not None and state != "finished":
+        rmnet(["evaluate", job.run_dir, *job.evaluate_args], "evaluating")
     return state
 
 

@@ -28,10 +28,10 @@ MEMORY_HEADROOM = 0.9  # of a GPU's memory, for packing by estimate
 class Gpu:
     index: str  # as CUDA_VISIBLE_DEVICES names it
     memory_mib: int
-    running: list = field(default_factory=list)  # (process, job)
+    running: list = field(default_factory=list)  # (process, job, its log file)
 
     def free_mib(self) -> float:
-        return self.memory_mib * MEMORY_HEADROOM - sum(job.memory_mib for _, job in self.running)
+        return self.memory_mib * MEMORY_HEADROOM - sum(job.memory_mib for _, job, _ in self.running)
 
 
 def local_gpus() -> list[Gpu]:
@@ -71,50 +71,54 @@ def run_on_gpus(
 ) -> dict[str, int]:
     """Run ``jobs`` as subprocesses packed onto ``gpus``; returns each job's exit status by name.
 
-    A job larger than every GPU's free memory still runs, alone on the largest GPU.
+    Each job's output goes to ``RUN_DIR.log`` beside its run folder. A job larger than every GPU's
+    free memory still runs, alone on a GPU.
     """
     if not gpus:
         raise ValueError("run_on_gpus needs at least one GPU")
-    pending, status = list(jobs), {}
-    logs = Path(tempfile.mkdtemp(prefix="rmnet-jobs-"))
-    while pending or any(g.running for g in gpus):
-        for gpu in gpus:  # collect the finished
-            for process, job in list(gpu.running):
-                if process.poll() is not None:
-                    gpu.running.remove((process, job))
+    pending, status, total = list(jobs), {}, len(jobs)
+    with tempfile.TemporaryDirectory(prefix="rmnet-jobs-") as folder:
+        while pending or any(g.running for g in gpus):
+            for gpu in gpus:  # collect the finished
+                for entry in list(gpu.running):
+                    process, job, output = entry
+                    if process.poll() is None:
+                        continue
+                    gpu.running.remove(entry)
+                    output.close()
                     status[job.name] = process.returncode
-                    log(f"{'done' if process.returncode == 0 else 'FAILED'}: {job.name} (GPU {gpu.index})")
-        started = True
-        while pending and started:
-            started = False
-            job = pending[0]
-            fits = [
-                g
-                for g in gpus
-                if len(g.running) < per_gpu and (g.free_mib() >= job.memory_mib or not g.running)
-            ]
-            if fits:
+                    verdict = "done" if process.returncode == 0 else f"FAILED (see {output.name})"
+                    log(f"[{len(status)}/{total}] {verdict}: {job.name} (GPU {gpu.index})")
+            while pending:
+                job = pending[0]
+                fits = [g for g in gpus if len(g.running) < per_gpu
+                        and (g.free_mib() >= job.memory_mib or not g.running)]  # fmt: skip
+                if not fits:
+                    break
                 gpu = max(fits, key=Gpu.free_mib)
+                argv = command(pending.pop(0), Path(folder) / f"job-{total - len(pending)}.json")
+                log_path = Path(job.run_dir).with_name(Path(job.run_dir).name + ".log")
+                log_path.parent.mkdir(parents=True, exist_ok=True)
+                output = open(log_path, "a")  # noqa: SIM115 - closed when the job ends
                 env = os.environ | {"CUDA_VISIBLE_DEVICES": gpu.index}
-                argv = command(job, logs / f"{len(status) + sum(len(g.running) for g in gpus)}.json")
-                process = subprocess.Popen(argv, env=env)
-                gpu.running.append((process, pending.pop(0)))
+                process = subprocess.Popen(argv, env=env, stdout=output, stderr=subprocess.STDOUT)
+                gpu.running.append((process, job, output))
                 log(f"start: {job.name} on GPU {gpu.index} ({len(gpu.running)} there)")
-                started = True
-        if pending or any(g.running for g in gpus):
-            time.sleep(poll_s)
+            if pending or any(g.running for g in gpus):
+                time.sleep(poll_s)
     return status
 
 
 def run_here(jobs: Sequence[Job], log: Callable[[str], None] = print) -> dict[str, int]:
-    """Run ``jobs`` one after another in this process (a CPU-only machine)."""
+    """Run ``jobs`` one after another in this process (a CPU-only machine); a failed run is
+    reported and the next one starts."""
     status = {}
     for number, job in enumerate(jobs, 1):
         log(f"[{number}/{len(jobs)}] {job.name}")
         try:
             run_job(job)
             status[job.name] = 0
-        except (RuntimeError, ValueError, OSError) as err:
+        except Exception as err:  # noqa: BLE001 - one broken run must not stop the grid
             log(f"FAILED: {job.name}: {err}")
             status[job.name] = 1
     return status

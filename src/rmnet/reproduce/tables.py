@@ -96,7 +96,9 @@ class Results:
 
     def label(self, row: Row) -> str:
         label = row.label + (f" ({row.note})" if row.note else "")
-        if len(row.candidates) > 1:
+        if len(row.candidates) > 1 and not any(self.values(key, "val") for key in row.candidates):
+            label += f" [{len(row.candidates)} positions, none run]"
+        elif len(row.candidates) > 1:
             experiment = self.plan.experiments[self.chosen(row)]
             method = (
                 experiment.args[experiment.args.index("--method") + 1]
