@@ -6,7 +6,7 @@ import torch
 
 from rmnet.cli import build_parser, config_from_args, main
 from rmnet.config import TrainConfig, build_model
-from rmnet.models import PRESETS, model_entry
+from rmnet.models import PRESETS, list_models, model_entry
 from rmnet.models.weights import IMAGENET, resolve_weights
 
 
@@ -75,3 +75,50 @@ def test_a_preset_trained_from_random_weights_says_so_in_one_line(tmp_path, lesi
     assert main(argv) == 0
     err = capsys.readouterr().err
     assert err.count("starts from random weights") == 1 and "--recipe paper" in err
+
+
+@pytest.fixture(scope="module")
+def imagenet_hub(tmp_path_factory):
+    """A torch home whose hub cache holds a torchvision-layout weights file for every preset that
+    has published ImageNet weights (random values: only the layout matters here)."""
+    import torchvision
+
+    home = tmp_path_factory.mktemp("torch")
+    (home / "hub" / "checkpoints").mkdir(parents=True)
+    builders = {
+        "inception_v3": lambda: torchvision.models.inception_v3(weights=None, init_weights=False),
+    }
+    for name, preset in PRESETS.items():
+        if preset.weights is None or name.startswith("arlnet"):  # ARLNet reads ResNet's file
+            continue
+        build = builders.get(name, lambda name=name: torchvision.models.get_model(name, weights=None))
+        model = build()
+        torch.save(model.state_dict(), home / "hub" / "checkpoints" / preset.weights.filename)
+    return home
+
+
+@pytest.mark.parametrize("arch", list_models())
+def test_recipe_paper_trains_every_registered_model(arch, imagenet_hub, lesion_root, tmp_path, monkeypatch):
+    """One tiny epoch with --recipe paper: the recipe forces no option a model does not take
+    (it once forced rm_padding on every architecture), and ImageNet weights start every model
+    that has them."""
+    monkeypatch.setenv("TORCH_HOME", str(imagenet_hub))
+    entry = model_entry(arch)
+    size = max(32, entry.min_input_size)
+    out = tmp_path / "run"
+    argv = ["train", "--recipe", "paper", "--arch", arch, "--data", str(lesion_root), "--out", str(out)]
+    argv += ["--image-size", str(size), "--epochs", "1", "--batch-size", "16", "--workers", "0", "--quiet"]
+    assert main(argv) == 0
+    config = TrainConfig.from_json(out / "config.json")
+    assert config.pretrained == (IMAGENET if entry.has_imagenet_weights else None)
+    assert config.epochs == 1 and (out / "checkpoints" / "best.pt").is_file()
+
+
+def test_a_training_step_returns_the_codes_before_the_heads_dropout():
+    """EfficientNet's head dropout worked in place: it overwrote the features returned as codes
+    (and broke TI-pooling's backward through its max)."""
+    model = build_model(TrainConfig(arch="efficientnet_b0"), 3).train()
+    x = torch.randn(4, 3, 32, 32)
+    torch.manual_seed(0)
+    codes, _ = model.forward_codes(x)
+    torch.testing.assert_close(codes, model.forward_features(x))

@@ -121,6 +121,10 @@ class PresetNet(ImageClassifier):
         self.hash_bits = hash_bits
         self.hash = nn.Linear(self.num_features, hash_bits) if hash_bits else None
         self.set_submodule(preset.classifier, nn.Linear(hash_bits or self.num_features, num_classes))
+        for path in preset.head:  # EfficientNet's in-place dropout would overwrite the codes returned
+            for module in self.get_submodule(path).modules():
+                if isinstance(module, nn.Dropout):
+                    module.inplace = False
         self.num_classes = num_classes
         if weights is not None:
             load_pretrained(self, weights, preset.classifier)
