@@ -313,15 +313,21 @@ def add_dropblock(model: PresetNet, p: float, block_size: int = DROPBLOCK_SIZE) 
 
 
 class _DropBlockHook:
-    """A forward hook applying ``drop`` to a block's output (group maps flattened to channels)."""
+    """A forward hook applying ``drop`` to a block's output (group maps flattened to channels);
+    on maps smaller than its block, the largest odd block that fits."""
 
     def __init__(self, drop: nn.Module) -> None:
         self.drop = drop
 
     def __call__(self, module: nn.Module, inputs, output: torch.Tensor) -> torch.Tensor:
-        if output.dim() == 5:
-            return self.drop(output.flatten(1, 2)).unflatten(1, output.shape[1:3])
-        return self.drop(output)
+        from torchvision.ops import drop_block2d
+
+        if not self.drop.training or self.drop.p == 0.0:
+            return output
+        maps = output.flatten(1, 2) if output.dim() == 5 else output
+        size = min(self.drop.block_size, *maps.shape[-2:])
+        dropped = drop_block2d(maps, self.drop.p, size - (size + 1) % 2, training=True)
+        return dropped.unflatten(1, output.shape[1:3]) if output.dim() == 5 else dropped
 
 
 for _preset in PRESETS.values():
