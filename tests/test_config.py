@@ -60,3 +60,59 @@ def test_build_model_passes_the_model_fields_to_create_model():
     model = build_model(config, num_classes=5)
     assert model.num_classes == 5 and model.hash_bits == 6
     assert model.rm_regions() == [("block3", "block4")]
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        (dict(method="p4m", at="5"), "method must be one of rm, gcnn, orn, e4net, stn, stn_affine, cycnn"),
+        (dict(method="gcnn"), "--method and --at go together"),
+        (dict(at="5-8"), "--method and --at go together"),
+        (dict(method="rm", at="5-8", rm="5-8"), "not both"),
+        (
+            dict(rotation_augmentation_mode="eighth"),
+            "rotation_augmentation_mode must be one of continuous, quarter",
+        ),
+        (dict(test_crops=15), "test_crops must be a square number"),
+        (dict(test_crops=0), "test_crops must be a square number"),
+        (dict(lr_milestones="30,x"), "lr_milestones must be epochs separated by commas"),
+        (dict(lr_milestones="40,30"), "increasing positive epochs"),
+    ],
+)
+def test_the_method_augmentation_crops_and_milestone_fields_are_checked(changes, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**changes)
+
+
+def test_the_new_fields_on_the_command_line_and_in_build_model():
+    from rmnet.cli import build_parser, config_from_args
+
+    argv = ["train", "--out", "r", "--arch", "small_cnn", "--method", "stn_affine", "--at", "3"]
+    argv += ["--rotation-augmentation-mode", "quarter", "--test-crops", "4", "--lr-milestones", "30,40"]
+    config = config_from_args(build_parser().parse_args(argv))
+    assert (config.method, config.at, config.rotation_augmentation_mode) == ("stn_affine", "3", "quarter")
+    assert (config.test_crops, config.milestones(), TrainConfig().milestones()) == (4, [30, 40], None)
+    model = build_model(config, 3)
+    assert (model.method, model.at) == ("stn_affine", "3")
+    assert build_model(TrainConfig(arch="small_cnn", method="rm", at="3-4"), 3).rm_regions()
+
+
+def test_the_quarter_mode_reaches_the_training_images(lesion_root):
+    from rmnet.data.transforms import RandomQuarterTurn
+    from rmnet.runs import split_dataset
+    from rmnet.train import load_table, make_split
+
+    config = TrainConfig(
+        data=str(lesion_root), image_size=16, rotation_augmentation_mode="quarter", randaugment=True
+    )
+    table = load_table(config)
+    split = make_split(table)
+    steps = [
+        type(t).__name__
+        for t in split_dataset(config, table, split, "train", train=True).transform.transforms
+    ]
+    assert "RandomQuarterTurn" in steps and "RandAugment" in steps and "RandomRotation" not in steps
+    assert RandomQuarterTurn.__name__ not in str(
+        split_dataset(config, table, split, "val", train=False).transform
+    )
+    assert split_dataset(config, table, split, "val", train=False, crops=4)[0][0].shape == (4, 3, 16, 16)

@@ -158,3 +158,64 @@ def test_boolean_rotation_augmentation_is_the_full_circle_as_before():
 def test_resize_smaller_than_crop_is_rejected():
     with pytest.raises(ValueError, match="resize"):
         build_transform(True, 32, resize=24)
+
+
+def test_quarter_mode_turns_by_a_random_quarter_turn_exactly():
+    """The paper's RA uses a 90° interval: each output is the image turned 0, 90, 180 or 270°,
+    exactly (no interpolation), and every turn comes up."""
+    image = _asymmetric_image(16, 16)
+    base = _normalise(F.pil_to_tensor(image))
+    turns = {k: torch.rot90(base, k, dims=(-2, -1)) for k in range(4)}
+    transform = build_transform(True, 16, resize=16, flips=False, rotation_mode="quarter")
+    seen = []
+    torch.manual_seed(0)
+    for _ in range(40):
+        out = transform(image)
+        seen += [k for k, x in turns.items() if torch.allclose(out, x, atol=1e-5)]
+    assert len(seen) == 40 and set(seen) == {0, 1, 2, 3}
+    assert 5 <= seen.count(0) <= 15  # about a quarter of the time each
+    with pytest.raises(ValueError, match="rotation mode must be one of continuous, quarter"):
+        build_transform(True, 16, rotation_mode="eighth")
+
+
+def test_quarter_mode_keeps_a_non_square_image_whole():
+    out = build_transform(True, 16, resize=16, rotation_mode="quarter")(_asymmetric_image(30, 16))
+    assert tuple(out.shape) == (3, 16, 16)
+
+
+def test_randaugment_is_torchvisions_with_mwnls_settings_in_training_only():
+    from torchvision.transforms import v2
+
+    def randaugments(transform):
+        return [t for t in transform.transforms if isinstance(t, v2.RandAugment)]
+
+    (augment,) = randaugments(build_transform(True, 16, randaugment=True))
+    assert (augment.num_ops, augment.magnitude) == (2, 10)
+    assert not randaugments(build_transform(True, 16)) and not randaugments(
+        build_transform(False, 16, randaugment=True)
+    )
+    assert build_transform(True, 16, randaugment=True)(_asymmetric_image(30, 20)).shape == (3, 16, 16)
+
+
+def test_grid_crops_spread_an_n_by_n_grid_corner_to_corner():
+    """MWNL's 16-crop test: 4 × 4 crops, the first and last flush with the image's edges."""
+    from rmnet.data.transforms import GridCrops
+
+    crops = GridCrops(224, 16)
+    assert crops.offsets(450) == [0, 75, 150, 226] and crops.offsets(600) == [0, 125, 250, 376]
+    image = torch.arange(450 * 600, dtype=torch.float32).view(1, 450, 600)
+    stack = crops(image)
+    assert stack.shape == (16, 1, 224, 224)
+    assert stack[0, 0, 0, 0] == 0 and stack[5, 0, 0, 0] == 75 * 600 + 125  # row 1, column 1
+    assert stack[15, 0, -1, -1] == image[0, -1, -1]
+    with pytest.raises(ValueError, match="square number"):
+        GridCrops(224, 15)
+
+
+def test_eval_with_test_crops_gives_a_stack_of_normalised_crops():
+    image = _asymmetric_image(40, 30)
+    stack = build_transform(False, 16, resize=20, crops=4)(image)
+    assert stack.shape == (4, 3, 16, 16) and stack.dtype == torch.float32
+    resized = _normalise(F.pil_to_tensor(F.resize(image, 20, antialias=True)))  # 26 × 20
+    torch.testing.assert_close(stack[0], resized[:, :16, :16], atol=2e-2, rtol=0)
+    torch.testing.assert_close(stack[3], resized[:, -16:, -16:], atol=2e-2, rtol=0)

@@ -35,6 +35,22 @@ def act_on_group_maps(group: RotationGroup, f: torch.Tensor, g: int) -> torch.Te
     return group.act(f[..., source, :, :], g)
 
 
+def expanded_once(module: nn.Module, expand) -> torch.Tensor:
+    """``expand()`` (a layer's dense weight built from its parameter), kept while the layer runs
+    without gradients and its weight is unchanged: evaluation at many angles expands it once.
+    In training (or with gradients on) it is rebuilt every call, so autograd sees it."""
+    if module.training or torch.is_grad_enabled():
+        module._expanded = None
+        return expand()
+    weight = module.weight
+    key = (weight._version, weight.data_ptr(), weight.device, weight.dtype)
+    cached = getattr(module, "_expanded", None)
+    if cached is None or cached[0] != key:
+        cached = (key, expand())
+        module._expanded = cached
+    return cached[1]
+
+
 def _check_exact(group: RotationGroup) -> None:
     if not group.is_exact:
         raise ValueError(
@@ -70,7 +86,7 @@ class LiftingConvolution(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n = self.group.order
         bias = self.bias.repeat_interleave(n)
-        y = F.conv2d(x, self.transformed_weight(), bias, self.stride, self.padding)
+        y = F.conv2d(x, expanded_once(self, self.transformed_weight), bias, self.stride, self.padding)
         return y.unflatten(1, (-1, n))  # (B, C_out, |G|, H', W')
 
     def extra_repr(self) -> str:
@@ -108,7 +124,8 @@ class GroupConvolution(nn.Module):
         if x.dim() != 5 or x.shape[2] != n:
             raise ValueError(f"GroupConvolution expects (B, C, {n}, H, W) group maps, got {tuple(x.shape)}")
         bias = self.bias.repeat_interleave(n)
-        y = F.conv2d(x.flatten(1, 2), self.transformed_weight(), bias, self.stride, self.padding)
+        weight = expanded_once(self, self.transformed_weight)
+        y = F.conv2d(x.flatten(1, 2), weight, bias, self.stride, self.padding)
         return y.unflatten(1, (-1, n))
 
     def extra_repr(self) -> str:

@@ -39,6 +39,7 @@ from torch import nn
 
 from rmnet.models.base import HashHead, ImageClassifier
 from rmnet.models.factory import register_model
+from rmnet.models.gcnn import expanded_once
 from rmnet.models.pretrained import load_pretrained, read_state_dict
 from rmnet.models.weights import IMAGENET, Weights, resolve_weights
 
@@ -143,7 +144,7 @@ class ActiveRotatingFilter(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bias = None if self.bias is None else self.bias.repeat_interleave(self.orientations)
-        return F.conv2d(x, self.expanded_weight(), bias, self.stride, self.padding)
+        return F.conv2d(x, expanded_once(self, self.expanded_weight), bias, self.stride, self.padding)
 
     def extra_repr(self) -> str:
         c_out, c_in, n_in, k, _ = self.weight.shape

@@ -121,6 +121,10 @@ class PresetNet(ImageClassifier):
         self.hash_bits = hash_bits
         self.hash = nn.Linear(self.num_features, hash_bits) if hash_bits else None
         self.set_submodule(preset.classifier, nn.Linear(hash_bits or self.num_features, num_classes))
+        for path in preset.head:  # EfficientNet's in-place dropout would overwrite the codes returned
+            for module in self.get_submodule(path).modules():
+                if isinstance(module, nn.Dropout):
+                    module.inplace = False
         self.num_classes = num_classes
         if weights is not None:
             load_pretrained(self, weights, preset.classifier)
@@ -309,15 +313,21 @@ def add_dropblock(model: PresetNet, p: float, block_size: int = DROPBLOCK_SIZE) 
 
 
 class _DropBlockHook:
-    """A forward hook applying ``drop`` to a block's output (group maps flattened to channels)."""
+    """A forward hook applying ``drop`` to a block's output (group maps flattened to channels);
+    on maps smaller than its block, the largest odd block that fits."""
 
     def __init__(self, drop: nn.Module) -> None:
         self.drop = drop
 
     def __call__(self, module: nn.Module, inputs, output: torch.Tensor) -> torch.Tensor:
-        if output.dim() == 5:
-            return self.drop(output.flatten(1, 2)).unflatten(1, output.shape[1:3])
-        return self.drop(output)
+        from torchvision.ops import drop_block2d
+
+        if not self.drop.training or self.drop.p == 0.0:
+            return output
+        maps = output.flatten(1, 2) if output.dim() == 5 else output
+        size = min(self.drop.block_size, *maps.shape[-2:])
+        dropped = drop_block2d(maps, self.drop.p, size - (size + 1) % 2, training=True)
+        return dropped.unflatten(1, output.shape[1:3]) if output.dim() == 5 else dropped
 
 
 for _preset in PRESETS.values():
