@@ -6,7 +6,7 @@ import json
 import sys
 
 from rmnet.reproduce.job import Job
-from rmnet.reproduce.runner import Gpu, run_on_gpus, submit
+from rmnet.reproduce.runner import Gpu, parse_gpus, run_on_gpus, submit
 
 
 def _recording_command(record_dir):
@@ -82,3 +82,10 @@ def test_train_seeds_go_side_by_side_as_subprocesses_when_gpus_are_given(tmp_pat
     for seed, run_dir in zip([0, 1], run_dirs, strict=True):
         saved = json.loads((run_dir / "config.json").read_text())
         assert saved["seed"] == seed and (run_dir / "checkpoints" / "best.pt").is_file()
+
+
+def test_gpus_are_read_from_nvidia_smi_and_cuda_visible_devices_is_honoured():
+    text = "0, 143771\n1, 143771\n2, 81559\n"
+    assert [(g.index, g.memory_mib) for g in parse_gpus(text)] == [("0", 143771), ("1", 143771), ("2", 81559)]
+    assert [g.index for g in parse_gpus(text, "2,0")] == ["0", "2"]
+    assert parse_gpus("") == []

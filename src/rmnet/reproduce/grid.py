@@ -19,11 +19,10 @@ EVALUATE = ("--no-tsne", "--quiet")
 
 
 def smoke_options(experiment: Experiment) -> tuple[str, ...]:
-    """Tiny sizes for ``--smoke``: random weights, the architecture's smallest input (96 px under
-    MWNL's DropBlock, whose block must fit the last maps at an odd size), one epoch."""
+    """Tiny sizes for ``--smoke``: random weights, the architecture's smallest input, one epoch."""
     from rmnet.models import model_entry
 
-    size = max(96 if "mwnl" in experiment.args[:2] else 32, model_entry(experiment.arch).min_input_size)
+    size = max(32, model_entry(experiment.arch).min_input_size)
     return ("--pretrained", "none", "--image-size", str(size), "--resize", str(size * 8 // 7),
             "--epochs", "1", "--batch-size", "8", "--workers", "0")  # fmt: skip
 

@@ -43,11 +43,16 @@ def local_gpus() -> list[Gpu]:
         lines = subprocess.run(query, capture_output=True, text=True, check=True, timeout=60).stdout
     except (OSError, subprocess.SubprocessError):
         return []
+    return parse_gpus(lines, os.environ.get("CUDA_VISIBLE_DEVICES"))
+
+
+def parse_gpus(nvidia_smi: str, visible: str | None = None) -> list[Gpu]:
+    """GPUs from ``nvidia-smi --query-gpu=index,memory.total --format=csv,noheader,nounits``
+    output, kept to those ``visible`` (CUDA_VISIBLE_DEVICES by index) names when it is set."""
     gpus = []
-    for line in lines.strip().splitlines():
+    for line in nvidia_smi.strip().splitlines():
         index, memory = (part.strip() for part in line.split(",")[:2])
         gpus.append(Gpu(index, int(float(memory))))
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:
         allowed = [v.strip() for v in visible.split(",") if v.strip()]
         gpus = [g for g in gpus if g.index in allowed]
