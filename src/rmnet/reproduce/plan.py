@@ -34,7 +34,7 @@ TABLE_6_POSITIONS = {
 }
 # RegNetY-800MF: the fifth CNN of the paper (Table 9 only). Rows marked "not in the paper" give
 # it the same treatment as the other four in Tables 6, 7 and 10.
-REGNET, REGNET_POSITIONS = "regnet_y_800mf", ("2-5", "3-5", "4-5", "5-5")
+REGNET, REGNET_POSITIONS = "regnet_y_800mf", ("2-5", "3-5", "4-5", "5")
 # Relaxed RM-GAP (Table 7): the paper's Figure 2(b) wraps Res5 only; the others by analogy, RM
 # around the first block (type) of the paper's strict position.
 RELAXED = {
