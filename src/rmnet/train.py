@@ -588,5 +588,6 @@ def repeat(
     status = runner.run_on_gpus(jobs, gpus, log=print if progress else lambda _: None)
     failed = sorted(name for name, code in status.items() if code != 0)
     if failed:
-        raise ChildProcessError(f"training {', '.join(failed)} in {out_dir} failed (see the output above)")
+        logs = ", ".join(str(Path(out_dir) / f"{name}.log") for name in failed)
+        raise ChildProcessError(f"training {', '.join(failed)} in {out_dir} failed: see {logs}")
     return run_dirs
