@@ -219,3 +219,10 @@ def test_eval_with_test_crops_gives_a_stack_of_normalised_crops():
     resized = _normalise(F.pil_to_tensor(F.resize(image, 20, antialias=True)))  # 26 × 20
     torch.testing.assert_close(stack[0], resized[:, :16, :16], atol=2e-2, rtol=0)
     torch.testing.assert_close(stack[3], resized[:, -16:, -16:], atol=2e-2, rtol=0)
+
+
+def test_the_config_and_the_transforms_name_the_same_rotation_modes():
+    from rmnet.config import ROTATION_AUGMENTATION_MODES
+    from rmnet.data.transforms import ROTATION_MODES
+
+    assert ROTATION_AUGMENTATION_MODES == ROTATION_MODES  # config.py cannot import torch to read them

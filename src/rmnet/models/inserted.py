@@ -196,9 +196,8 @@ class InsertedNet(PresetNet):
     def _lift(self, paths: tuple[str, ...], whole: bool) -> None:
         """Replace the blocks at ``paths`` by their group versions (the first lifting, unless the
         stem was lifted: ``whole``), each registered at the block's own path."""
-        new: list[nn.Module] = []
         if whole:
-            new.append(self._lift_stem())
+            self._lift_stem()
             paths = tuple(p for p in paths if p not in _RESNET_STEM)
         for i, path in enumerate(paths):
             block = self.get_submodule(path)
@@ -212,9 +211,8 @@ class InsertedNet(PresetNet):
                 group_block = C4BasicBlock(inplanes, planes, stride, e4=self.method == "e4net", lift=lift)
                 initialise_group_convolutions(group_block)
             self.set_submodule(path, group_block)
-            new.append(group_block)
 
-    def _lift_stem(self) -> nn.Module:
+    def _lift_stem(self) -> None:
         """The ResNet stem as a lifting layer: 7×7 lifting conv (stride 2), BN shared by the
         orientations, ReLU, the 3×3 stride-2 max-pool of each orientation plane."""
         conv = self.get_submodule("conv1")
@@ -225,13 +223,12 @@ class InsertedNet(PresetNet):
             )
             self.set_submodule("conv1", lifting)
             self.set_submodule("bn1", OrientedBatchNorm(width, ORN_ORIENTATIONS))
-            return lifting  # ORN's maps stay (B, C·N, H, W): the plain max-pool is per channel
+            return  # ORN's maps stay (B, C·N, H, W): the plain max-pool is per channel
         lifting = LiftingConvolution(C4, c_in, width, kernel_size=7, stride=2, padding=3)
         initialise_group_convolutions(lifting)
         self.set_submodule("conv1", lifting)
         self.set_submodule("bn1", GroupBatchNorm(width))
         self.set_submodule("maxpool", PlaneMaxPool())
-        return lifting
 
     def region_input(self, x: torch.Tensor) -> torch.Tensor:
         """The map entering the first changed module (for checks of invariance)."""
