@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torchvision.transforms import v2
@@ -58,6 +59,23 @@ def random_rotation(max_angle: bool | float | str | None) -> v2.RandomRotation |
     return v2.RandomRotation(degrees=degrees, interpolation=v2.InterpolationMode.BILINEAR)
 
 
+@dataclass(frozen=True)
+class TransformRecipe:
+    """What :func:`build_transform` was asked for, kept on the pipeline it returns (``.recipe``), so
+    that the batched transform of ``rmnet.data.batched`` applies the very same one."""
+
+    train: bool
+    image_size: int
+    resize: int
+    max_angle: float  # degrees; 0 is off, 180 or more the whole circle
+    flips: bool
+
+
+def decode_transform(resize: int) -> v2.Compose:
+    """The first steps of every pipeline: a PIL image to a uint8 tensor (3, H, W), short edge ``resize``."""
+    return v2.Compose([v2.ToImage(), v2.Resize(resize, antialias=True)])
+
+
 def build_transform(
     train: bool,
     image_size: int,
@@ -74,11 +92,12 @@ def build_transform(
     (train only) is the largest rotation angle in degrees: the resized image is rotated by an
     angle uniform in [−angle, angle] (180 or more, or True: the whole circle, the "RA" baseline)
     before cropping; 0 or False (the default) is off, and the paper's RM runs never use it.
+    The pipeline's ``.recipe`` (a :class:`TransformRecipe`) records these choices.
     """
     resize = resize or resize_for(image_size)
     if resize < image_size:
         raise ValueError(f"resize ({resize}) must be at least image_size ({image_size})")
-    steps: list[Callable] = [v2.ToImage(), v2.Resize(resize, antialias=True)]
+    steps: list[Callable] = [*decode_transform(resize).transforms]
     if train:
         rotation = random_rotation(rotation_augmentation)
         if rotation is not None:
@@ -90,4 +109,7 @@ def build_transform(
         max_rotation_angle(rotation_augmentation)  # validate it all the same
         steps.append(v2.CenterCrop(image_size))
     steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
-    return v2.Compose(steps)
+    pipeline = v2.Compose(steps)
+    angle = max_rotation_angle(rotation_augmentation) if train else 0.0
+    pipeline.recipe = TransformRecipe(train, image_size, resize, angle, flips and train)
+    return pipeline
