@@ -11,6 +11,7 @@ samples as torchvision's ``rotate`` does (its fill mask included), up to float r
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, fields
 
 import torch
@@ -123,9 +124,14 @@ def apply_parameters(
 
 def normalise(pixels: torch.Tensor) -> torch.Tensor:
     """uint8 (..., 3) to float ImageNet-normalised, with v2.ToDtype(scale=True) and v2.Normalize's ops."""
-    mean = torch.tensor(IMAGENET_MEAN, device=pixels.device)
-    std = torch.tensor(IMAGENET_STD, device=pixels.device)
+    mean, std = _mean_std(pixels.device)
     return pixels.to(torch.float32).mul_(1.0 / 255).sub_(mean).div_(std)
+
+
+@functools.cache
+def _mean_std(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """ImageNet's mean and std on ``device``, made once: a copy to a GPU per batch would wait for it."""
+    return torch.tensor(IMAGENET_MEAN, device=device), torch.tensor(IMAGENET_STD, device=device)
 
 
 def _gather(pixels, offsets, heights, widths, rows, cols) -> torch.Tensor:
