@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import platform
@@ -68,6 +69,7 @@ NO_CUDA = (
     "{cuda}). Run it on a machine with an NVIDIA GPU, or add --dry-run for the CPU smoke test."
 )
 FILES = ("gpu_check.md", "steps.csv", "decode.csv", "end_to_end.csv", "packed_runs.csv")
+PARTS = ("steps", "decode", "end_to_end", "packed_runs")
 
 
 @dataclass(frozen=True)
@@ -479,7 +481,13 @@ def measure_end_to_end(
 
 
 def measure_packed(
-    device: Device, sizes: Sizes, data: Path, cache: Path, work: Path, deadline: float
+    device: Device,
+    sizes: Sizes,
+    data: Path,
+    cache: Path,
+    work: Path,
+    deadline: float,
+    partial: Callable[[pd.DataFrame], None] = lambda table: None,
 ) -> pd.DataFrame:
     """N concurrent rmnet train processes (RM 5-8, bfloat16, memory path) on the one device."""
     rows = []
@@ -527,8 +535,13 @@ def measure_packed(
             }
         )
         print(f"  {count} at once: {rows[-1]}", flush=True)
+        partial(_packed_table(rows))  # saved after each group: a time limit keeps what was measured
+    return _packed_table(rows)
+
+
+def _packed_table(rows: list[dict]) -> pd.DataFrame:
     table = pd.DataFrame(rows)
-    if "aggregate train pass images/s" in table and len(table) and table["runs at once"].iloc[0] == 1:
+    if "aggregate train pass images/s" in table and table["runs at once"].iloc[0] == 1:
         table["× one run"] = (
             table["aggregate train pass images/s"] / table["aggregate train pass images/s"].iloc[0]
         )
@@ -587,13 +600,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--budget", type=float, default=330, help="seconds after which the packed runs left are skipped"
     )
+    parser.add_argument(
+        "--parts",
+        nargs="+",
+        choices=PARTS,
+        default=list(PARTS),
+        help="what to measure (end_to_end needs steps)",
+    )
+    parser.add_argument("--packed", type=int, nargs="+", help="runs at once to measure (default 1 2 4)")
     args = parser.parse_args(argv)
     if not args.dry_run and not torch.cuda.is_available():
         print(NO_CUDA.format(torch=torch.__version__, cuda=torch.version.cuda), file=sys.stderr)
         return 2
     device, sizes = Device(args.dry_run), DRY_RUN if args.dry_run else Sizes()
     if args.images:
-        sizes = Sizes(**(sizes.__dict__ | {"images": args.images}))
+        sizes = dataclasses.replace(sizes, images=args.images)
+    if args.packed:
+        sizes = dataclasses.replace(sizes, packed=tuple(args.packed))
     threads = torch.get_num_threads()
     if device.cuda:
         torch.backends.cudnn.benchmark = True
@@ -624,8 +647,9 @@ def run_check(args: argparse.Namespace, argv: list[str] | None, device: Device, 
                 flush=True,
             )
 
-        print(f"gpu_check on {info['device']}: synthetic steps …", flush=True)
-        save("steps", measure_steps(device, sizes))
+        print(f"gpu_check on {info['device']}: {', '.join(args.parts)} …", flush=True)
+        if "steps" in args.parts:
+            save("steps", measure_steps(device, sizes))
         data, cache = work / "isic2019", work / "cache"
         made = time.perf_counter()
         make_isic_fixture(data, sizes.images, sizes.fixture_sizes, workers=os.cpu_count() or 1)
@@ -637,23 +661,28 @@ def run_check(args: argparse.Namespace, argv: list[str] | None, device: Device, 
             f"`rmnet prepare --resize {sizes.cache_edge}` in {prepared['seconds']:.1f} s "
             f"({prepared['images/s']:.0f} images/s, exit status {prepared['exit status']})"
         )
-        extra["eval difference"] = eval_difference(device, sizes, cache)
-        save("decode", measure_decoding(device, sizes, cache))
-        save("end_to_end", measure_end_to_end(device, sizes, data, cache, work, tables["steps"]))
-        save("packed_runs", measure_packed(device, sizes, data, cache, work, started + args.budget))
+        if "decode" in args.parts:
+            extra["eval difference"] = eval_difference(device, sizes, cache)
+            save("decode", measure_decoding(device, sizes, cache))
+        if "end_to_end" in args.parts and "steps" in tables:
+            save("end_to_end", measure_end_to_end(device, sizes, data, cache, work, tables["steps"]))
+        if "packed_runs" in args.parts:
+            deadline, partial = started + args.budget, functools.partial(save, "packed_runs")
+            save("packed_runs", measure_packed(device, sizes, data, cache, work, deadline, partial))
         kept = "" if args.out or not args.dry_run else " (a temporary folder, removed now)"
         print(f"gpu_check: wrote {out}/{', '.join(FILES)}{kept}")
+    empty = pd.DataFrame({"ok": [], "loss finite": []})
     problems = [
         f"{r['model']} {r['AMP']}: the training loss is not finite"
-        for _, r in tables["steps"].iterrows()
+        for _, r in tables.get("steps", empty).iterrows()
         if not r["loss finite"]
     ]
     problems += [
         f"rmnet train {r['model']} {r['AMP']} {r['data path']} failed"
-        for _, r in tables["end_to_end"].iterrows()
+        for _, r in tables.get("end_to_end", empty).iterrows()
         if not r["ok"]
     ]
-    packed = tables["packed_runs"]
+    packed = tables.get("packed_runs", empty)
     problems += [
         f"{r['runs at once']} packed runs failed" for _, r in packed.iterrows() if r.get("ok") is False
     ]
