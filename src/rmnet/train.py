@@ -135,8 +135,7 @@ def fit(
         scheduler = torch.optim.lr_scheduler.StepLR(
             optimizer, step_size=config.lr_step, gamma=config.lr_gamma
         )
-        loss_scaling = amp and amp_type == torch.float16 and device.type == "cuda"  # bfloat16 needs none
-        scaler = torch.amp.GradScaler(device.type, enabled=loss_scaling)
+        scaler = torch.amp.GradScaler(device.type, enabled=needs_loss_scaling(amp, amp_type, device.type))
 
         state: dict[str, Any] = {"epoch": 0, "history": [], "best_score": None, "best_epoch": None}
         if resume and out_dir is not None and (out_dir / LAST_CHECKPOINT).is_file():
@@ -484,6 +483,11 @@ def _precision(config: TrainConfig, device: torch.device) -> tuple[bool, torch.d
         torch.backends.cudnn.benchmark = True  # fixed crop size: cuDNN picks its fastest kernels once
     amp_type = resolve_amp_dtype(config.amp_dtype, device.type, bf16_supported=bf16)
     return amp, amp_type, torch.channels_last if channels_last else torch.contiguous_format
+
+
+def needs_loss_scaling(amp: bool, amp_type: torch.dtype, device_type: str) -> bool:
+    """A GradScaler for float16 autocast on CUDA only: bfloat16 has float32's range, so needs none."""
+    return amp and amp_type == torch.float16 and device_type == "cuda"
 
 
 def resolve_amp_dtype(choice: str, device_type: str, bf16_supported: bool) -> torch.dtype:
