@@ -40,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -291,7 +292,9 @@ def prepare(data: Path, cache: Path, edge: int, workers: int) -> dict:
 def measure_decoding(device: Device, sizes: Sizes, cache: Path) -> pd.DataFrame:
     """Images/s: cached JPEGs decoded by torchvision.io.decode_jpeg on the device in batches, against
     the batched train transform (crop, flip; and with rotation) from images already in its memory."""
-    from torchvision.io import ImageReadMode, decode_jpeg, read_file
+    with warnings.catch_warnings():  # torchvision 0.29 deprecates its decoders for TorchCodec
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from torchvision.io import ImageReadMode, decode_jpeg, read_file
 
     from rmnet.data.batched import PackedImages, transform_batch
     from rmnet.data.transforms import TransformRecipe

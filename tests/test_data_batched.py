@@ -164,3 +164,34 @@ def test_each_image_of_a_batch_draws_its_own_parameters():
     torch.manual_seed(0)
     batch = transform_batch(_pack([image], 40), torch.zeros(8, dtype=torch.int64), recipe)
     assert len({tuple(x.flatten()[:50].tolist()) for x in batch}) > 4
+
+
+@pytest.mark.parametrize("turns", [0, 1, 2, 3])
+@pytest.mark.parametrize("flip", [0, 1, 2])
+def test_quarter_turns_are_exact_like_rot90_then_crop_and_flip(turns, flip):
+    image = _images(((30, 22),))[0]  # not square: a quarter turn swaps the sides
+    turned = torch.rot90(F.pil_to_tensor(image), turns, dims=(-2, -1))
+    expected = F.crop(turned, 3, 2, 16, 16)
+    expected = {0: expected, 1: F.horizontal_flip(expected), 2: F.vertical_flip(expected)}[flip]
+    expected = F.normalize(F.to_dtype(expected, torch.float32, scale=True), *_mean_std())
+    params = BatchParameters(
+        None, torch.tensor([3]), torch.tensor([2]), torch.tensor([flip]), torch.tensor([turns])
+    )
+    out = apply_parameters(_pack([image], 22), torch.tensor([0]), 16, params)[0]
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
+
+
+def test_quarter_turn_recipe_draws_every_turn_equally_often_and_crops_inside_the_turned_image():
+    from rmnet.data.transforms import TransformRecipe
+
+    wide = np.zeros((20, 30, 3), dtype=np.uint8)
+    wide[:10, :15] = (255, 0, 0)  # top-left red, top-right green, bottom-left blue, bottom-right black
+    wide[:10, 15:] = (0, 255, 0)
+    wide[10:, :15] = (0, 0, 255)
+    recipe = TransformRecipe(True, 20, 20, 0.0, flips=False, quarter_turns=True)
+    torch.manual_seed(0)
+    out = transform_batch(_pack([Image.fromarray(wide)], 20), torch.zeros(800, dtype=torch.int64), recipe)
+    corner = out[:, :, 0, 0]  # the top-left pixel after the turn: red, green, black or blue
+    colour = torch.where(corner.max(dim=1).values < 0, 3, corner.argmax(dim=1))
+    fractions = torch.bincount(colour, minlength=4).float() / len(colour)
+    assert (abs(fractions - 0.25) < 0.05).all()  # 0: none, 1 (green): 90°, 3 (black): 180°, 2 (blue): 270°

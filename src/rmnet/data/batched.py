@@ -3,7 +3,8 @@
 Images decoded and resized once (the first steps of ``build_transform``) are packed into one flat
 uint8 tensor (:class:`PackedImages`). A batch is then a few tensor operations with per-image random
 parameters, the same ones ``build_transform`` draws per image: a rotation by a random angle
-(bilinear, zeros outside, before cropping, as ``v2.RandomRotation``), a random crop, one of
+(bilinear, zeros outside, before cropping, as ``v2.RandomRotation``) or by a random quarter turn
+(exact, as ``torch.rot90``), a random crop, one of
 identity / horizontal flip / vertical flip, float conversion and ImageNet normalisation, returned
 channels-last. Crops and flips gather exactly the pixels the per-image pipeline would; rotation
 samples as torchvision's ``rotate`` does (its fill mask included), up to float rounding.
@@ -66,13 +67,14 @@ class PackedImages:
 
 @dataclass(frozen=True)
 class BatchParameters:
-    """Per-image random choices of one batch: rotation angle (degrees), crop corner, flip (0 none,
-    1 horizontal, 2 vertical)."""
+    """Per-image random choices of one batch: rotation angle (degrees) or quarter turns, crop corner
+    (in the turned image), flip (0 none, 1 horizontal, 2 vertical)."""
 
     angle: torch.Tensor | None  # float (B,), or None without rotation
     top: torch.Tensor  # int64 (B,)
     left: torch.Tensor  # int64 (B,)
     flip: torch.Tensor  # int64 (B,)
+    turns: torch.Tensor | None = None  # int64 (B,): counter-clockwise quarter turns, as torch.rot90
 
 
 def draw_parameters(
@@ -84,15 +86,19 @@ def draw_parameters(
         top = torch.round((heights - size) / 2.0).long()
         left = torch.round((widths - size) / 2.0).long()
         return BatchParameters(None, top, left, torch.zeros_like(top))
-    u = torch.rand(count, 4, device=device, generator=generator)
-    angle = None
-    if recipe.max_angle > 0:
+    u = torch.rand(count, 5, device=device, generator=generator)
+    angle, turns = None, None
+    if recipe.quarter_turns:
+        turns = (u[:, 4] * 4).long().clamp_max(3)
+        odd = turns % 2 == 1  # the turned image's sides are swapped
+        heights, widths = torch.where(odd, widths, heights), torch.where(odd, heights, widths)
+    elif recipe.max_angle > 0:
         low, high = (0.0, 360.0) if recipe.max_angle >= 180 else (-recipe.max_angle, recipe.max_angle)
         angle = low + u[:, 0] * (high - low)
     top = torch.minimum((u[:, 1] * (heights - size + 1)).long(), heights - size)
     left = torch.minimum((u[:, 2] * (widths - size + 1)).long(), widths - size)
     flip = (u[:, 3] * 3).long().clamp_max(2) if recipe.flips else torch.zeros_like(top)
-    return BatchParameters(angle, top, left, flip)
+    return BatchParameters(angle, top, left, flip, turns)
 
 
 def transform_batch(
@@ -115,6 +121,8 @@ def apply_parameters(
     cols = params.left[:, None] + torch.where(params.flip[:, None] == 1, size - 1 - steps, steps)
     rows, cols = rows[:, :, None], cols[:, None, :]  # (B, S, 1), (B, 1, S)
     geometry = offsets[:, None, None], heights[:, None, None], widths[:, None, None]
+    if params.turns is not None:
+        rows, cols = _unturned(rows, cols, params.turns[:, None, None], *geometry[1:])
     if params.angle is None:
         pixels = _gather(packed.pixels, *geometry, rows, cols)
     else:
@@ -139,6 +147,20 @@ def _gather(pixels, offsets, heights, widths, rows, cols) -> torch.Tensor:
     del heights
     start = offsets + (rows * widths + cols) * CHANNELS
     return pixels[start[..., None] + torch.arange(CHANNELS, device=pixels.device)]
+
+
+def _unturned(rows, cols, turns, heights, widths) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where pixel (rows, cols) of ``torch.rot90(image, turns)`` lies in the image itself."""
+    by_turn = (  # (row, column) in the image for 1, 2 and 3 counter-clockwise quarter turns
+        (cols, widths - 1 - rows),
+        (heights - 1 - rows, widths - 1 - cols),
+        (heights - 1 - cols, rows),
+    )
+    source_rows, source_cols = torch.broadcast_tensors(rows, cols)  # no turn
+    for k, (row, col) in enumerate(by_turn, 1):
+        source_rows = torch.where(turns == k, row, source_rows)
+        source_cols = torch.where(turns == k, col, source_cols)
+    return source_rows, source_cols
 
 
 def _rotated(pixels, offsets, heights, widths, rows, cols, angle) -> torch.Tensor:

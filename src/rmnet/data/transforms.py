@@ -69,6 +69,7 @@ class TransformRecipe:
     resize: int
     max_angle: float  # degrees; 0 is off, 180 or more the whole circle
     flips: bool
+    quarter_turns: bool = False  # a random quarter turn (exact) instead of a continuous angle
 
 
 def decode_transform(resize: int) -> v2.Compose:
