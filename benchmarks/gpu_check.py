@@ -292,21 +292,23 @@ def prepare(data: Path, cache: Path, edge: int, workers: int) -> dict:
 def measure_decoding(device: Device, sizes: Sizes, cache: Path) -> pd.DataFrame:
     """Images/s: cached JPEGs decoded by torchvision.io.decode_jpeg on the device in batches, against
     the batched train transform (crop, flip; and with rotation) from images already in its memory."""
-    with warnings.catch_warnings():  # torchvision 0.29 deprecates its decoders for TorchCodec
-        warnings.simplefilter("ignore", DeprecationWarning)
-        from torchvision.io import ImageReadMode, decode_jpeg, read_file
+    from torchvision.io import ImageReadMode, decode_jpeg, read_file
 
     from rmnet.data.batched import PackedImages, transform_batch
     from rmnet.data.transforms import TransformRecipe
 
     files = sorted(cache.glob("*.jpg"))[: sizes.batch * sizes.decode_batches]
-    encoded = [read_file(str(path)) for path in files]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        encoded = [read_file(str(path)) for path in files]
     batches = [encoded[i : i + sizes.batch] for i in range(0, len(encoded), sizes.batch)]
 
     def decode_all() -> list[torch.Tensor]:
         out = []
-        for batch in batches:
-            out += decode_jpeg(batch, mode=ImageReadMode.RGB, device=device.device)
+        with warnings.catch_warnings():  # torchvision 0.29 deprecates its decoders for TorchCodec
+            warnings.simplefilter("ignore", DeprecationWarning)
+            for batch in batches:
+                out += decode_jpeg(batch, mode=ImageReadMode.RGB, device=device.device)
         return out
 
     rows = []
