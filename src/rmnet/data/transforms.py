@@ -111,6 +111,8 @@ def build_transform(
         steps.append(v2.CenterCrop(image_size))
     steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
     pipeline = v2.Compose(steps)
+    # The batched transform (data path memory) reads this recipe; a pipeline with a step it lacks
+    # (RandAugment, grid crops) must leave .recipe unset, so that such data are read as files.
     angle = max_rotation_angle(rotation_augmentation) if train else 0.0
     pipeline.recipe = TransformRecipe(train, image_size, resize, angle, flips and train)
     return pipeline
