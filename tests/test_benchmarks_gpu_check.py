@@ -3,13 +3,14 @@ part of the check, so the script is in working order on the day a GPU is lent.""
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
+from PIL import Image
 
 from rmnet.data import load_image_table
 
@@ -26,41 +27,43 @@ def test_without_cuda_it_stops_at_once_and_says_what_to_do(monkeypatch, capsys, 
     assert not (tmp_path / "gpu").exists()
 
 
-def test_generated_folder_is_in_the_isic_2019_layout(tmp_path):
-    root = gpu_check.make_isic_fixture(tmp_path / "isic", per_class=2, size=(20, 15))
+def test_generated_folder_is_in_the_isic_2019_layout_with_sizes_in_turn(tmp_path):
+    root = gpu_check.make_isic_fixture(tmp_path / "isic", count=32, sizes=((20, 15), (16, 16)))
     table = load_image_table(str(root))
-    assert len(table) == 16
+    assert len(table) == 32
     assert list(table.class_names) == list(gpu_check.ISIC_CLASSES)
-    assert sorted(set(table.labels.tolist())) == list(range(8))  # two images of every class
+    assert np.bincount(table.labels).tolist() == [4] * 8  # every class alike
+    with Image.open(table.paths[0]) as first, Image.open(table.paths[8]) as ninth:
+        assert (first.size, ninth.size) == ((20, 15), (16, 16))
     truth = pd.read_csv(root / "ISIC_2019_Training_GroundTruth.csv")
     assert list(truth.columns) == ["image", *gpu_check.ISIC_COLUMNS]
     assert (truth[list(gpu_check.ISIC_CLASSES)].sum(axis=1) == 1).all()
 
 
-def test_dry_run_measures_every_variant_and_trains_end_to_end(tmp_path, capsys):
+def test_dry_run_measures_every_part_and_trains_end_to_end_on_both_data_paths(tmp_path):
     threads = torch.get_num_threads()
     assert gpu_check.main(["--dry-run", "--out", str(tmp_path)]) == 0
     assert torch.get_num_threads() == threads  # restored for the rest of the session
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(gpu_check.FILES)  # few and flat
 
     steps = pd.read_csv(tmp_path / "steps.csv")
-    assert len(steps) == 2 * len(gpu_check.MODELS)  # every model, channels-last off and on
-    assert set(steps["model"]) == set(gpu_check.MODELS)
-    assert steps["loss finite"].all()
-    for kind in ("training", "inference"):
-        assert (steps[f"{kind} images/s"] > 0).all()
-        assert (steps.loc[steps["model"] == "plain", f"{kind} × plain"] == 1).all()
+    assert len(steps) == len(gpu_check.MODELS) * len(gpu_check.AMP_TYPES)
+    assert set(steps["AMP"]) == {"float16", "bfloat16"} and steps["loss finite"].all()
+    assert (steps.loc[steps["model"] == "plain", "training × plain"] == 1).all()
 
-    train = json.loads((tmp_path / "train_run.json").read_text())
-    assert train["ok"] and train["exit status"] == 0 and train["epochs"] == 1
-    assert "--amp" in train["command"] and train["checkpoints"] == ["best.pt", "last.pt"]
-    assert {"config.json", "split.json", "metrics.csv"} <= set(train["run folder"])
-    assert len(pd.read_csv(tmp_path / "train_metrics.csv")) == 1
-    assert sorted(p.name for p in tmp_path.iterdir()) == [  # few and flat: all come back from a lent GPU
-        "gpu_check.md",
-        "steps.csv",
-        "train_metrics.csv",
-        "train_run.json",
-    ]
+    decode = pd.read_csv(tmp_path / "decode.csv")
+    assert len(decode) == 3 and (decode["images/s"] > 0).all()
+
+    end_to_end = pd.read_csv(tmp_path / "end_to_end.csv")
+    assert end_to_end["ok"].all() and set(end_to_end["data path"]) == {"files", "memory"}
+    assert (end_to_end["train pass images/s"] > 0).all() and (end_to_end["× synthetic"] > 0).all()
+    memory = end_to_end[end_to_end["data path"] == "memory"]
+    assert (memory["decode into memory s"] > 0).all()
+
+    packed = pd.read_csv(tmp_path / "packed_runs.csv")
+    assert packed["ok"].all() and (packed["aggregate train pass images/s"] > 0).all()
 
     report = (tmp_path / "gpu_check.md").read_text()
-    assert "dry run" in report and "RM 5-8 (k=8)" in report and '"ok": true' in report
+    assert "dry run" in report and "max |difference| 0.00e+00" in report  # eval: both paths identical
+    for heading in ("1. Synthetic steps", "2. Decoding", "3. End to end", "4. Packed runs"):
+        assert heading in report

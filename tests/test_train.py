@@ -5,13 +5,14 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
 from rmnet.config import TrainConfig, build_model
 from rmnet.runs import load_checkpoint, read_checkpoint
-from rmnet.train import dataset_labels, fit
+from rmnet.train import dataset_labels, fit, needs_loss_scaling, resolve_amp_dtype, train
 
 
 def tiny_dataset(n: int = 48, size: int = 16, seed: int = 0) -> TensorDataset:
@@ -285,3 +286,97 @@ def test_train_groups_the_split_by_lesion_when_asked(isic_root, tmp_path):
     assert not grouped["train"] & grouped["test"]
     assert not grouped["val"] & grouped["test"]
     assert plain["train"] & (plain["val"] | plain["test"])  # the control: ungrouped, this split leaks
+
+
+@pytest.mark.parametrize(
+    ("choice", "device_type", "bf16_supported", "expected"),
+    [
+        ("auto", "cuda", True, torch.bfloat16),  # Ampere and later: no loss scaling needed
+        ("auto", "cuda", False, torch.float16),  # older GPUs: float16 with a GradScaler
+        ("auto", "cpu", False, torch.bfloat16),
+        ("float16", "cuda", True, torch.float16),  # --amp-dtype overrides
+        ("bfloat16", "cuda", False, torch.bfloat16),
+        ("float16", "cpu", False, torch.float16),
+    ],
+)
+def test_amp_picks_bfloat16_where_the_gpu_has_it_else_float16(choice, device_type, bf16_supported, expected):
+    assert resolve_amp_dtype(choice, device_type, bf16_supported=bf16_supported) == expected
+
+
+def test_only_float16_on_cuda_gets_a_grad_scaler():
+    assert needs_loss_scaling(True, torch.float16, "cuda")
+    assert not needs_loss_scaling(True, torch.bfloat16, "cuda")
+    assert not needs_loss_scaling(False, torch.float16, "cuda")
+    assert not needs_loss_scaling(True, torch.float16, "cpu")
+
+
+def test_amp_dtype_and_data_path_options_are_checked():
+    with pytest.raises(ValueError, match="amp_dtype must be one of auto, bfloat16, float16, got 'fp8'"):
+        TrainConfig(amp_dtype="fp8")
+    with pytest.raises(ValueError, match="data_path must be one of auto, files, memory, got 'gpu'"):
+        TrainConfig(data_path="gpu")
+    with pytest.raises(ValueError, match="amp_dtype must be auto, bfloat16 or float16"):
+        resolve_amp_dtype("half", "cuda", bf16_supported=True)
+
+
+def test_amp_dtype_float16_runs_the_forward_pass_in_float16():
+    config = tiny_config(epochs=1, amp=True, amp_dtype="float16")
+    assert _conv_output_dtypes(config) == {torch.float16}
+
+
+def _count_decodes(monkeypatch) -> list[int]:
+    """Counts the images that ImageDataset decodes (the real decoder runs)."""
+    import rmnet.data.dataset as dataset_module
+
+    count, decode = [0], dataset_module.open_rgb
+
+    def counting(path, *args, **kwargs):
+        count[0] += 1
+        return decode(path, *args, **kwargs)
+
+    monkeypatch.setattr(dataset_module, "open_rgb", counting)
+    return count
+
+
+def _folder_config(lesion_root, **changes) -> TrainConfig:
+    return tiny_config(**({"data": str(lesion_root), "epochs": 2, "batch_size": 8} | changes))
+
+
+def test_data_path_memory_decodes_each_image_once_and_trains_from_memory(lesion_root, tmp_path, monkeypatch):
+    decodes = _count_decodes(monkeypatch)
+    result = train(_folder_config(lesion_root, data_path="memory", rotation_augmentation=45), tmp_path / "m")
+    images = 40 - 4  # train and validation parts of 40 images (the test part, 4, is not read)
+    assert decodes[0] == images  # once, not once per epoch
+    assert [row["epoch"] for row in result.history] == [1, 2]
+    assert all(np.isfinite(row["train_loss"]) for row in result.history)
+    assert read_checkpoint(tmp_path / "m/checkpoints/last.pt")["config"]["data_path"] == "memory"
+
+    decodes[0] = 0
+    train(_folder_config(lesion_root, data_path="auto"), tmp_path / "auto")  # auto on the CPU: files
+    assert decodes[0] == 2 * images
+
+
+def test_data_path_memory_resumes_exactly(lesion_root, tmp_path):
+    config = _folder_config(lesion_root, data_path="memory", epochs=2)
+    straight = train(config, tmp_path / "straight")
+    train(config.replace(epochs=1), tmp_path / "resumed")
+    resumed = train(config, tmp_path / "resumed", resume=True)
+    for key, value in straight.model.state_dict().items():
+        torch.testing.assert_close(resumed.model.state_dict()[key], value, rtol=0, atol=0, msg=key)
+
+
+def test_data_path_memory_needs_image_files(tmp_path):
+    data = tiny_dataset()
+    with pytest.raises(ValueError, match="--data-path memory needs image files .* not a TensorDataset"):
+        fit(tiny_config(data_path="memory"), data, data, progress=False)
+
+
+def test_the_command_line_takes_data_path_and_amp_dtype(lesion_root, tmp_path):
+    from rmnet.cli import main
+
+    argv = ["train", "--data", str(lesion_root), "--out", str(tmp_path / "run"), "--epochs", "1"]
+    argv += ["--arch", "small_cnn", "--model-options", '{"width": 8}', "--image-size", "16"]
+    argv += ["--workers", "0", "--quiet", "--data-path", "memory", "--amp", "--amp-dtype", "bfloat16"]
+    assert main(argv) == 0
+    saved = TrainConfig.from_json(tmp_path / "run/config.json")
+    assert (saved.data_path, saved.amp_dtype, saved.amp) == ("memory", "bfloat16", True)

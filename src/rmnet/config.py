@@ -29,6 +29,8 @@ ROTATION_AUGMENTATION_MODES = ("continuous", "quarter")
 RECIPES = ("paper", "mwnl")
 MWNL_MILESTONES = "30,40,50,60"
 MWNL_DROPBLOCK = 0.1
+AMP_DTYPES = ("auto", "bfloat16", "float16")
+DATA_PATHS = ("auto", "files", "memory")
 
 
 def _option(default: Any, help: str) -> Any:
@@ -135,6 +137,17 @@ class TrainConfig:
     device: str = _option("auto", "cuda, cpu, cuda:1 ...; auto picks CUDA when available")
     workers: int = _option(min(8, os.cpu_count() or 1), "data-loading worker processes")
     amp: bool | None = _option(None, "mixed precision (default: on with CUDA)")
+    amp_dtype: str = _option(
+        "auto",
+        "mixed-precision type: auto (bfloat16 where the GPU supports it, no loss scaling; else float16 "
+        "with a GradScaler; bfloat16 on the CPU), bfloat16 or float16",
+    )
+    data_path: str = _option(
+        "auto",
+        "how images reach the model: files (decoded and augmented every epoch by the loader workers), "
+        "memory (decoded once into a uint8 tensor on the training device; crops, flips and rotations "
+        "there, batched), auto (memory on CUDA when it fits in half the free GPU memory, else files)",
+    )
     channels_last: bool | None = _option(None, "channels-last memory format (default: on with CUDA)")
 
     def __post_init__(self) -> None:
@@ -162,6 +175,9 @@ class TrainConfig:
         if round(self.test_crops**0.5) ** 2 != self.test_crops or self.test_crops < 1:
             raise ValueError(f"test_crops must be a square number (1, 4, 9, 16 ...), got {self.test_crops}")
         self.milestones()  # validate
+        for name, allowed in (("amp_dtype", AMP_DTYPES), ("data_path", DATA_PATHS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         if self.on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {self.on_error!r}")
         for name in ("epochs", "batch_size", "image_size", "resize", "lr_step", "k"):

@@ -5,7 +5,8 @@
       [resume from out_dir/checkpoints/last.pt]
       for each epoch:
         seed the epoch's randomness from (seed, epoch, rank)
-        one pass over the training set (AMP and channels-last on CUDA)
+        one pass over the training set (AMP and channels-last on CUDA; on CUDA the images are decoded
+          once into GPU memory and augmented there in batches, see rmnet.data.in_memory)
         rank 0: validate, log a row to metrics.csv, save best.pt (on val_metric) and last.pt
 
 Because an epoch's randomness depends only on (seed, epoch, rank), resuming at an epoch boundary
@@ -36,6 +37,7 @@ from tqdm.auto import tqdm
 from rmnet import __version__
 from rmnet.config import TrainConfig, build_model
 from rmnet.data import SKIPPED_FILE, load_split, make_split, save_skipped, save_split
+from rmnet.data.in_memory import MemoryBatches, pack_dataset, transform_recipe
 from rmnet.io import progress_bar
 from rmnet.metrics.classification import classification_report, predict_labels
 from rmnet.models import model_entry
@@ -58,7 +60,12 @@ __all__ = ["FitResult", "TrainConfig", "build_model", "dataset_labels", "fit", "
 
 # Fields that may change between an interrupted run and its resumption (moved data is checked
 # against the split's image ids instead).
-RESUMABLE_CHANGES = {"epochs", "device", "workers", "amp", "channels_last", *RELOCATABLE}
+RESUMABLE_CHANGES = {
+    "epochs", "device", "workers", "amp", "amp_dtype", "channels_last", "data_path", *RELOCATABLE
+}  # fmt: skip
+AMP_TYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+CHECK_EVERY = 20  # training steps between looks at the loss (each look waits for the device)
+MEMORY_SHARE = 0.5  # data_path auto holds images on the GPU when they take at most this share of free memory
 
 
 @dataclass
@@ -105,7 +112,7 @@ def fit(
             raise ValueError(f"the {name} set is empty: give more images (or another split)")
     with distributed(config) as (rank, world_size, local_rank):
         device = config.resolved_device(local_rank)
-        amp, memory_format = _precision(config, device)
+        amp, amp_type, memory_format = _precision(config, device)
         labels = dataset_labels(train_set)
         class_names = list(class_names or _class_names(train_set, labels))
         out_dir = Path(out_dir) if out_dir is not None else None
@@ -126,7 +133,7 @@ def fit(
         step = TrainingStep(model, objective)
         optimizer = build_optimizer(config, parameter_groups(step, config.lr))
         scheduler = build_scheduler(config, optimizer)
-        scaler = torch.amp.GradScaler(device.type, enabled=amp and device.type == "cuda")
+        scaler = torch.amp.GradScaler(device.type, enabled=needs_loss_scaling(amp, amp_type, device.type))
 
         state: dict[str, Any] = {"epoch": 0, "history": [], "best_score": None, "best_epoch": None}
         if resume and out_dir is not None and (out_dir / LAST_CHECKPOINT).is_file():
@@ -140,8 +147,9 @@ def fit(
         sampler = (
             DistributedSampler(train_set, world_size, rank, seed=config.seed) if world_size > 1 else None
         )
-        train_loader = _loader(train_set, config, device, shuffle=sampler is None, sampler=sampler)
-        val_loader = _loader(val_set, config, device, shuffle=False)
+        show = progress and is_main
+        train_loader = _batches(train_set, config, device, sampler is None, sampler, show)
+        val_loader = _batches(val_set, config, device, shuffle=False, progress=show)
         writer = _tensorboard(out_dir, state["epoch"]) if is_main and out_dir is not None else None
 
         for epoch in range(state["epoch"], config.epochs):
@@ -161,6 +169,7 @@ def fit(
                 scaler,
                 desc,
                 progress and is_main,
+                amp_type,
             )
             train_loss, train_accuracy = _reduce_train_stats(train_loss, train_true, train_logits, world_size)
             if world_size > 1:  # DDP syncs gradients, not BatchNorm statistics: take rank 0's
@@ -171,7 +180,14 @@ def fit(
 
             if is_main:  # validate, log and checkpoint on rank 0 only
                 val_loss, val_true, val_logits = run_epoch(
-                    step, val_loader, device, amp, memory_format, desc=f"{desc} val", progress=progress
+                    step,
+                    val_loader,
+                    device,
+                    amp,
+                    memory_format,
+                    desc=f"{desc} val",
+                    progress=progress,
+                    amp_type=amp_type,
                 )
                 val = validation_metrics(val_loss, val_true, val_logits, class_names)
                 row = {
@@ -229,39 +245,57 @@ def run_epoch(
     scaler: torch.amp.GradScaler | None = None,
     desc: str = "",
     progress: bool = True,
+    amp_type: torch.dtype | None = None,
 ) -> tuple[float, np.ndarray, np.ndarray]:
     """One pass over ``loader``: training when an optimizer is given, else evaluation without grad.
 
-    Returns the mean loss, the targets and the logits, in loader order.
+    Returns the mean loss, the targets and the logits, in loader order. Losses, targets and logits
+    stay on the device until the end (every CHECK_EVERY steps the losses are checked), so the host
+    queues the next steps while the device computes; a non-finite loss stops it within those steps.
     """
     training = optimizer is not None
     step.train(training)
-    amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
-    loss_sum, count, targets_seen, logits_seen = 0.0, 0, [], []
+    amp_type = amp_type or resolve_amp_dtype("auto", device.type, bf16_supported=True)
+    losses, sizes, targets_seen, logits_seen, loss_sum, checked = [], [], [], [], 0.0, 0
     bar = progress_bar(loader, desc, progress, dynamic_ncols=True)
     with torch.set_grad_enabled(training):
         for images, targets in bar:
             images = images.to(device, non_blocking=True, memory_format=memory_format)
             targets = torch.as_tensor(targets).to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
+            with torch.autocast(device.type, dtype=amp_type, enabled=amp):
                 loss, logits = step(images, targets)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"the loss became {loss.item()} ({desc}); lower --lr or check the data for broken images"
-                )
             if training:
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
                 scaler.update()
-            loss_sum += loss.item() * len(targets)
-            count += len(targets)
-            targets_seen.append(targets.cpu())
-            logits_seen.append(logits.detach().float().cpu())
-            bar.set_postfix(loss=f"{loss_sum / count:.4f}")
-    if count == 0:
+            losses.append(loss.detach().float())
+            sizes.append(len(targets))
+            targets_seen.append(targets)
+            logits_seen.append(logits.detach().float())
+            if len(losses) - checked >= CHECK_EVERY:
+                loss_sum += _checked_loss_sum(losses[checked:], sizes[checked:], desc)
+                checked = len(losses)
+                bar.set_postfix(loss=f"{loss_sum / sum(sizes):.4f}")
+    if not losses:
         raise ValueError(f"{desc}: the data loader yielded no images")
-    return loss_sum / count, torch.cat(targets_seen).numpy(), torch.cat(logits_seen).numpy()
+    loss_sum += _checked_loss_sum(losses[checked:], sizes[checked:], desc)
+    targets_seen, logits_seen = torch.cat(targets_seen).cpu(), torch.cat(logits_seen).cpu()
+    return loss_sum / sum(sizes), targets_seen.numpy(), logits_seen.numpy()
+
+
+def _checked_loss_sum(losses: list[torch.Tensor], sizes: list[int], desc: str) -> float:
+    """Σ loss × batch size over these steps, after checking every loss is finite (waits for the device)."""
+    if not losses:
+        return 0.0
+    values = torch.stack(losses).cpu()
+    finite = torch.isfinite(values)
+    if not finite.all():
+        bad = values[~finite][0].item()
+        raise FloatingPointError(
+            f"the loss became {bad} ({desc}); lower --lr or check the data for broken images"
+        )
+    return float((values.double() * torch.tensor(sizes, dtype=torch.float64)).sum())
 
 
 def validation_metrics(
@@ -323,7 +357,8 @@ def _restore(
     step.objective.load_state_dict(checkpoint["objective"])
     optimizer.load_state_dict(checkpoint["optimizer"])
     scheduler.load_state_dict(checkpoint["scheduler"])
-    scaler.load_state_dict(checkpoint["scaler"])
+    if checkpoint["scaler"]:  # empty when saved without loss scaling (bfloat16, or AMP off)
+        scaler.load_state_dict(checkpoint["scaler"])
     return {key: checkpoint[key] for key in ("epoch", "history", "best_score", "best_epoch")}
 
 
@@ -388,9 +423,29 @@ def _seed_epoch(seed: int, epoch: int, rank: int) -> None:
     torch.manual_seed(value)
 
 
-def _loader(
-    dataset: Dataset, config: TrainConfig, device: torch.device, shuffle: bool, sampler=None
-) -> DataLoader:
+def _batches(
+    dataset: Dataset,
+    config: TrainConfig,
+    device: torch.device,
+    shuffle: bool,
+    sampler=None,
+    progress: bool = True,
+) -> DataLoader | MemoryBatches:
+    """Batches of ``dataset``: decoded once into memory on ``device`` (config.data_path, see
+    rmnet.data.in_memory), or decoded and augmented every epoch by DataLoader workers."""
+    choice, recipe = config.data_path, transform_recipe(dataset)
+    if choice == "memory" and recipe is None:
+        raise ValueError(
+            f"--data-path memory needs image files with the paper's transform (an ImageDataset from "
+            f"build_transform), not a {type(dataset).__name__}; use --data-path files"
+        )
+    if recipe is not None and (choice == "memory" or (choice == "auto" and device.type == "cuda")):
+        packed = pack_dataset(dataset, workers=config.workers, progress=progress)
+        if choice == "memory" or _fits_on(device, packed.nbytes):
+            return MemoryBatches(packed.to(device), recipe, config.batch_size, shuffle, sampler)
+        if progress:
+            gib = packed.nbytes / 2**30
+            tqdm.write(f"note: {gib:.1f} GiB of images would crowd {device}; decoding files every epoch")
     return DataLoader(
         dataset,
         batch_size=config.batch_size,
@@ -399,6 +454,14 @@ def _loader(
         num_workers=config.workers,
         pin_memory=device.type == "cuda",
     )
+
+
+def _fits_on(device: torch.device, nbytes: int) -> bool:
+    """Whether ``nbytes`` take at most MEMORY_SHARE of ``device``'s free memory (always on the CPU)."""
+    if device.type != "cuda":
+        return True
+    free, _ = torch.cuda.mem_get_info(device)
+    return nbytes <= MEMORY_SHARE * free
 
 
 def _tensorboard(out_dir: Path, start_epoch: int):
@@ -419,12 +482,31 @@ def _log_tensorboard(writer, row: dict[str, Any]) -> None:
     writer.flush()
 
 
-def _precision(config: TrainConfig, device: torch.device) -> tuple[bool, torch.memory_format]:
-    """(AMP on?, memory format): both default to on with CUDA."""
+def _precision(config: TrainConfig, device: torch.device) -> tuple[bool, torch.dtype, torch.memory_format]:
+    """(AMP on?, its dtype, memory format): AMP and channels-last default to on with CUDA."""
     on_cuda = device.type == "cuda"
     amp = config.amp if config.amp is not None else on_cuda
     channels_last = config.channels_last if config.channels_last is not None else on_cuda
-    return amp, torch.channels_last if channels_last else torch.contiguous_format
+    bf16 = on_cuda and torch.cuda.is_bf16_supported(including_emulation=False)
+    if on_cuda:
+        torch.backends.cudnn.benchmark = True  # fixed crop size: cuDNN picks its fastest kernels once
+    amp_type = resolve_amp_dtype(config.amp_dtype, device.type, bf16_supported=bf16)
+    return amp, amp_type, torch.channels_last if channels_last else torch.contiguous_format
+
+
+def needs_loss_scaling(amp: bool, amp_type: torch.dtype, device_type: str) -> bool:
+    """A GradScaler for float16 autocast on CUDA only: bfloat16 has float32's range, so needs none."""
+    return amp and amp_type == torch.float16 and device_type == "cuda"
+
+
+def resolve_amp_dtype(choice: str, device_type: str, bf16_supported: bool) -> torch.dtype:
+    """The autocast type for ``--amp-dtype choice``: "auto" is bfloat16 on a GPU that has it (no
+    loss scaling needed) and on the CPU, float16 (with a GradScaler) on other GPUs."""
+    if choice in AMP_TYPES:
+        return AMP_TYPES[choice]
+    if choice != "auto":
+        raise ValueError(f"amp_dtype must be auto, bfloat16 or float16, got {choice!r}")
+    return torch.bfloat16 if device_type != "cuda" or bf16_supported else torch.float16
 
 
 @contextlib.contextmanager

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torchvision import tv_tensors
@@ -103,6 +104,24 @@ class GridCrops:
         return f"GridCrops(size={self.size}, crops={self.per_side**2})"
 
 
+@dataclass(frozen=True)
+class TransformRecipe:
+    """What :func:`build_transform` was asked for, kept on the pipeline it returns (``.recipe``), so
+    that the batched transform of ``rmnet.data.batched`` applies the very same one."""
+
+    train: bool
+    image_size: int
+    resize: int
+    max_angle: float  # degrees; 0 is off, 180 or more the whole circle
+    flips: bool
+    quarter_turns: bool = False  # a random quarter turn (exact) instead of a continuous angle
+
+
+def decode_transform(resize: int) -> v2.Compose:
+    """The first steps of every pipeline: a PIL image to a uint8 tensor (3, H, W), short edge ``resize``."""
+    return v2.Compose([v2.ToImage(), v2.Resize(resize, antialias=True)])
+
+
 def build_transform(
     train: bool,
     image_size: int,
@@ -126,13 +145,14 @@ def build_transform(
     ``rotation_mode="quarter"`` turns it by a random quarter turn instead (whatever the angle).
     ``randaugment``: torchvision's RandAugment (2 operations, magnitude 10) before cropping (train).
     ``crops`` > 1 (eval): an n×n grid of crops, stacked (crops, 3, S, S), for test-time averaging.
+    The pipeline's ``.recipe`` (a :class:`TransformRecipe`) records these choices.
     """
     if rotation_mode not in ROTATION_MODES:
         raise ValueError(f"rotation mode must be one of {', '.join(ROTATION_MODES)}, got {rotation_mode!r}")
     resize = resize or resize_for(image_size)
     if resize < image_size:
         raise ValueError(f"resize ({resize}) must be at least image_size ({image_size})")
-    steps: list[Callable] = [v2.ToImage(), v2.Resize(resize, antialias=True)]
+    steps: list[Callable] = [*decode_transform(resize).transforms]
     if train:
         if randaugment:
             steps.append(v2.RandAugment(**RANDAUGMENT))
@@ -148,4 +168,11 @@ def build_transform(
         max_rotation_angle(rotation_augmentation)  # validate it all the same
         steps.append(GridCrops(image_size, crops) if crops > 1 else v2.CenterCrop(image_size))
     steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
-    return v2.Compose(steps)
+    pipeline = v2.Compose(steps)
+    # The batched transform (data path memory) reads this recipe; a pipeline with a step it lacks
+    # (RandAugment, grid crops) leaves .recipe unset, so that such data are read as files.
+    if not (train and randaugment) and not (not train and crops > 1):
+        quarter = train and rotation_mode == "quarter"
+        angle = max_rotation_angle(rotation_augmentation) if train and not quarter else 0.0
+        pipeline.recipe = TransformRecipe(train, image_size, resize, angle, flips and train, quarter)
+    return pipeline
