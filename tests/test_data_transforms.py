@@ -226,3 +226,13 @@ def test_the_config_and_the_transforms_name_the_same_rotation_modes():
     from rmnet.data.transforms import ROTATION_MODES
 
     assert ROTATION_AUGMENTATION_MODES == ROTATION_MODES  # config.py cannot import torch to read them
+
+
+def test_the_recipe_the_memory_path_reads_names_quarter_turns_and_is_absent_for_steps_it_lacks():
+    quarter = build_transform(True, 16, rotation_augmentation=30, rotation_mode="quarter").recipe
+    assert (quarter.quarter_turns, quarter.max_angle) == (True, 0.0)
+    continuous = build_transform(True, 16, rotation_augmentation=30).recipe
+    assert (continuous.quarter_turns, continuous.max_angle) == (False, 30.0)
+    assert not hasattr(build_transform(True, 16, randaugment=True), "recipe")  # read as files
+    assert not hasattr(build_transform(False, 16, crops=4), "recipe")
+    assert build_transform(False, 16).recipe.train is False
