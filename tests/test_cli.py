@@ -492,3 +492,21 @@ def test_workers_means_loader_processes_with_one_default_and_serve_names_its_thr
         parser.parse_args(["serve", "--help"])
     text = capsys.readouterr().out
     assert "--inference-threads" in text and "--workers" not in text
+
+
+def test_progress_in_a_log_is_plain_lines_now_and_then_never_a_bar_stuck_at_zero(capsys):
+    import re
+
+    from rmnet.io import progress_bar
+
+    bar = progress_bar(range(4), "epoch 1", log_interval=0)  # stderr is captured: not a terminal
+    for _ in bar:
+        bar.set_postfix(loss="0.5000")
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 4 and "\r" not in "".join(lines)
+    assert re.fullmatch(r"epoch 1: 1/4 \(25%\), \d+ s, loss=0.5000", lines[0]), lines
+    assert re.fullmatch(r"epoch 1: 4/4 \(100%\), \d+ s, loss=0.5000", lines[3]), lines
+    assert list(progress_bar(range(3), "quick")) == [0, 1, 2]  # short work: no line at all
+    assert list(progress_bar(iter("ab"), "no length", log_interval=0)) == ["a", "b"]
+    no_length = capsys.readouterr().err.splitlines()
+    assert [re.sub(r"\d+ s", "S s", line) for line in no_length] == ["no length: 1, S s", "no length: 2, S s"]
