@@ -510,3 +510,18 @@ def test_progress_in_a_log_is_plain_lines_now_and_then_never_a_bar_stuck_at_zero
     assert list(progress_bar(iter("ab"), "no length", log_interval=0)) == ["a", "b"]
     no_length = capsys.readouterr().err.splitlines()
     assert [re.sub(r"\d+ s", "S s", line) for line in no_length] == ["no length: 1, S s", "no length: 2, S s"]
+
+
+@pytest.mark.parametrize("ratios", [(0.8, 0.1, 0.1), (0.6, 0.2, 0.2), (0.7, 0.2, 0.1), (0.9, 0.1, 0.0)])
+def test_the_minimum_per_class_is_the_fewest_images_the_split_fills_every_part_with(ratios):
+    from rmnet.data import ImageTable
+    from rmnet.data.split import min_per_class
+
+    def parts_filled(n: int) -> bool:
+        table = ImageTable([f"i{i}" for i in range(n)], [Path(f"{i}.png") for i in range(n)],
+                           np.zeros(n, np.int64), ["only"], [None] * n)  # fmt: skip
+        split = make_split(table, ratios=ratios)
+        return bool(split.val) and (bool(split.test) or ratios[2] == 0)
+
+    needed = min_per_class(ratios)
+    assert parts_filled(needed) and not parts_filled(needed - 1)
