@@ -525,3 +525,28 @@ def test_the_minimum_per_class_is_the_fewest_images_the_split_fills_every_part_w
 
     needed = min_per_class(ratios)
     assert parts_filled(needed) and not parts_filled(needed - 1)
+
+
+def test_a_runs_batches_do_not_depend_on_whether_stderr_is_a_terminal(monkeypatch):
+    """tqdm calls iter() on a DataLoader when the bar is made, which draws a shuffling seed: logs go
+    through a (disabled) tqdm too, so training in a log shuffles as on a terminal."""
+    import io
+
+    from torch.utils.data import DataLoader
+
+    from rmnet.io import progress_bar
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    loader = DataLoader(list(range(40)), batch_size=4, shuffle=True)
+    batches = {}
+    for where, stream in (("terminal", Terminal()), ("log", io.StringIO())):
+        monkeypatch.setattr(sys, "stderr", stream)
+        torch.manual_seed(0)
+        batches[where] = [batch.tolist() for batch in progress_bar(loader, "epoch 1")]
+        torch.manual_seed(0)
+        quiet = progress_bar(loader, "epoch 1", False)
+        batches[where + ", no progress"] = [batch.tolist() for batch in quiet]
+    assert len({str(value) for value in batches.values()}) == 1, batches

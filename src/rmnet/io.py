@@ -89,15 +89,20 @@ def progress_bar(
     iterable: Iterable, desc: str, enabled: bool = True, *, log_interval: float | None = None, **options: Any
 ) -> Iterable:
     """A tqdm bar on a terminal; in a log file or a pipe (no carriage-return noise there), a plain line
-    every ``log_interval`` seconds (default :data:`LOG_PROGRESS_INTERVAL`), none for shorter work."""
-    if not enabled:
-        return LogProgress(iterable, desc, interval=float("inf"), total=options.get("total"))
-    if not sys.stderr.isatty():
-        interval = LOG_PROGRESS_INTERVAL if log_interval is None else log_interval
-        return LogProgress(iterable, desc, interval=interval, total=options.get("total"))
+    every ``log_interval`` seconds (default :data:`LOG_PROGRESS_INTERVAL`), none for shorter work.
+
+    The items always come through a tqdm object (a disabled one off a terminal): tqdm.auto's calls
+    ``iter(iterable)`` when it is made, and a DataLoader draws its shuffling seed then, so a run's
+    batches must not depend on whether stderr is a terminal.
+    """
     from tqdm.auto import tqdm
 
-    return tqdm(iterable, desc=desc, leave=False, **options)
+    terminal = sys.stderr.isatty()
+    bar = tqdm(iterable, desc=desc, leave=False, disable=not (enabled and terminal), **options)
+    if not enabled or terminal:
+        return bar
+    interval = LOG_PROGRESS_INTERVAL if log_interval is None else log_interval
+    return LogProgress(bar, desc, interval=interval, total=bar.total)
 
 
 class LogProgress:
@@ -107,11 +112,8 @@ class LogProgress:
 
     def __init__(self, iterable: Iterable, desc: str, *, interval: float, total: int | None = None) -> None:
         self.iterable, self.desc, self.interval = iterable, desc, interval
-        self.total = total if total is not None else (len(iterable) if hasattr(iterable, "__len__") else None)
+        self.total = total
         self.postfix = ""
-
-    def __len__(self) -> int:
-        return len(self.iterable)
 
     def __iter__(self):
         start = last = time.monotonic()
