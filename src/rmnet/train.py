@@ -592,9 +592,10 @@ def check_runs_folder(out_dir: Path) -> None:
 
 
 def check_split_sizes(split: Split, table: ImageTable, config: TrainConfig) -> None:
-    """An empty training or validation part (or test part, when its ratio is not 0) is an error that
-    says how many images per class the split needs and how to change it, before anything is written."""
-    empty = [name for name in PARTS if not split.part(name) and (name != "test" or split.ratios[2] > 0)]
+    """An empty training or validation part is an error that says how many images per class the
+    split needs and how to change it, before anything is written. (An empty test part trains; only
+    ``rmnet evaluate`` needs one.)"""
+    empty = [name for name in ("train", "val") if not split.part(name)]
     if not empty:
         return
     ratios = " ".join(f"{r:g}" for r in split.ratios)
@@ -602,7 +603,7 @@ def check_split_sizes(split: Split, table: ImageTable, config: TrainConfig) -> N
     smallest = min(np.bincount(table.labels, minlength=table.num_classes))
     needed = min_per_class(split.ratios)
     alternative = (0.6, 0.2, 0.2)
-    names = {"train": "training", "val": "validation", "test": "test"}
+    names = {"train": "training", "val": "validation"}
     raise ValueError(
         f"the {' and '.join(names[n] for n in empty)} set{'s are' if len(empty) > 1 else ' is'} empty: "
         f"split {ratios}, each class needs at least {needed} {unit} (the smallest class has {smallest} "
