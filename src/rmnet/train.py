@@ -477,7 +477,8 @@ def train(
     """Train on ``config.data`` and write a complete run folder at ``out_dir`` (see rmnet.runs).
 
     Everything is checked before anything is written: a refused command leaves the folder as it was.
-    Data paths are stored absolute, so the run folder works from any working directory.
+    Data paths are stored absolute, so the run folder works from any working directory. At the end
+    the run is calibrated on its validation split (calibration.json, see rmnet.trust).
     """
     out_dir = Path(out_dir)
     if config.data is None:
@@ -527,7 +528,7 @@ def train(
         test_set = split_dataset(config, table, split, "test", train=False)  # checked now, not at evaluation
         parts = {"train": train_set, "val": val_set, "test": test_set}
         save_skipped(out_dir / SKIPPED_FILE, {part: dataset.skipped for part, dataset in parts.items()})
-    return fit(
+    result = fit(
         config,
         train_set,
         val_set,
@@ -537,6 +538,17 @@ def train(
         progress=progress,
         model=model,
     )
+    if result.best_path is not None:  # rank 0 wrote the run: calibrate it on its validation split
+        from rmnet.trust import calibrate_run
+
+        calibrate_run(
+            out_dir,
+            batch_size=config.batch_size,
+            device=config.device,
+            workers=config.workers,
+            progress=progress,
+        )
+    return result
 
 
 def repeat(
