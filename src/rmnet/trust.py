@@ -10,11 +10,14 @@ or the answer changes when the image is turned. One vocabulary for the API, the 
                                 validation images scoring at least that much are right at least
                                 ``target_accuracy`` (90 %) of the time; min_probability is never below
                                 50 % (a headline diagnosis is more likely right than wrong).
-      energy_threshold, distance_threshold
-                                out of distribution: the image's energy −log Σ exp(logits) (high: no
-                                class fits) or its distance to the nearest confirmed case of the
-                                training split (the index) above the ``quantile`` (99 %) of the same
-                                score on the validation images
+      energy_threshold, distance_threshold, statistics_threshold
+                                out of distribution: any of three scores above its threshold: the
+                                energy −log Σ exp(logits) (high: no class fits), the distance to the
+                                nearest confirmed case of the training split (the index), and the
+                                Mahalanobis distance of the network input's colour and texture
+                                statistics (:func:`image_statistics`) from the training images'. Each
+                                threshold is the 1 − (1 − quantile)/3 quantile of its score on the
+                                validation images (quantile 99 %: together they flag about 1 % of them)
       min_image_side            smaller images are enlarged to the network's input: warned
 
 The rotation check turns the network input by the angles the model is *not* invariant to by
@@ -54,7 +57,8 @@ CALIBRATION_FILE = "calibration.json"
 WARNING_CODES = ("low_confidence", "out_of_distribution", "small_image", "rotation_sensitive")
 TARGET_ACCURACY = 0.9  # the uncertainty rule: accepted validation diagnoses are right this often
 PROBABILITY_FLOOR = 0.5  # never a headline diagnosis below this calibrated probability
-OOD_QUANTILE = 0.99  # out of distribution: beyond this quantile of the validation images' score
+OOD_QUANTILE = 0.99  # out of distribution: about 1 − this share of validation images is flagged
+OOD_DETECTORS = 3  # energy, nearest-case distance, input statistics: each at 1 − (1 − q)/3
 ROTATION_TOLERANCE = 0.2  # a class probability moving by more than this when turned is a warning
 RANDOM_ANGLES = 3  # seeded angles checked besides 45° (and the quarter turns where not invariant)
 
@@ -93,6 +97,9 @@ class TrustProfile:
     energy_threshold: float | None = None
     distance_threshold: float | None = None
     distance_metric: str = "cosine"
+    statistics_mean: list[float] | None = None  # of image_statistics over the training images
+    statistics_precision: list[list[float]] | None = None  # inverse covariance of the same
+    statistics_threshold: float | None = None
     min_image_side: int = 0
     notes: list[str] = field(default_factory=list)
 
@@ -199,21 +206,47 @@ def nearest_distances(
     return np.concatenate(out).astype(np.float64) if out else np.zeros(0)
 
 
+def image_statistics(x: torch.Tensor) -> np.ndarray:
+    """(B, 9) colour and texture statistics of network inputs (B, 3, H, W): the mean, the standard
+    deviation and the mean absolute difference of neighbouring pixels of each channel. A flat
+    image has no spread, noise too much texture, a photograph other colours than skin."""
+    x = x.detach().float()
+    mean, spread = x.mean(dim=(2, 3)), x.std(dim=(2, 3))
+    texture = (x[..., 1:, :] - x[..., :-1, :]).abs().mean(dim=(2, 3))
+    texture = texture + (x[..., :, 1:] - x[..., :, :-1]).abs().mean(dim=(2, 3))
+    return np.concatenate([mean.cpu().numpy(), spread.cpu().numpy(), texture.cpu().numpy()], 1).astype(
+        np.float64
+    )
+
+
+def statistics_distance(
+    statistics: np.ndarray, mean: Sequence[float], precision: Sequence[Sequence[float]]
+) -> np.ndarray:
+    """Mahalanobis distance of each row of ``statistics`` (N, 9) from the training images' Gaussian."""
+    centred = np.atleast_2d(np.asarray(statistics, dtype=np.float64)) - np.asarray(mean)
+    squared = np.einsum("ij,jk,ik->i", centred, np.asarray(precision), centred)
+    return np.sqrt(np.maximum(squared, 0.0))
+
+
 def fit_profile(
     logits: np.ndarray,
     labels: np.ndarray,
     *,
     codes: np.ndarray | None = None,
     reference_codes: np.ndarray | None = None,
+    statistics: np.ndarray | None = None,
+    reference_statistics: np.ndarray | None = None,
     metric: str = "cosine",
     quantile: float = OOD_QUANTILE,
     target_accuracy: float = TARGET_ACCURACY,
     min_image_side: int = 0,
 ) -> TrustProfile:
-    """A TrustProfile from validation logits and labels (and their codes with the training codes)."""
+    """A TrustProfile from validation logits and labels, and optionally their codes and input
+    statistics with those of the training images (the reference)."""
     if not 0.5 <= quantile < 1:
         raise ValueError(f"quantile must be in [0.5, 1), got {quantile}")
     labels = np.asarray(labels, dtype=np.int64)
+    detector_quantile = 1 - (1 - quantile) / OOD_DETECTORS
     temperature = fit_temperature(logits, labels)
     before, after = softmax(logits), softmax(logits, temperature)
     min_probability, min_margin = uncertainty_thresholds(after, labels, target_accuracy)
@@ -228,7 +261,7 @@ def fit_profile(
         min_probability=min_probability,
         min_margin=min_margin,
         quantile=quantile,
-        energy_threshold=float(np.quantile(energy_score(logits), quantile)),
+        energy_threshold=float(np.quantile(energy_score(logits), detector_quantile)),
         distance_metric=metric,
         min_image_side=min_image_side,
     )
@@ -238,9 +271,16 @@ def fit_profile(
     if accepted.any():
         profile.accepted_accuracy = float((after.argmax(1) == labels)[accepted].mean())
     if codes is not None and reference_codes is not None and len(reference_codes):
-        profile.distance_threshold = float(
-            np.quantile(nearest_distances(codes, reference_codes, metric), quantile)
-        )
+        distances = nearest_distances(codes, reference_codes, metric)
+        profile.distance_threshold = float(np.quantile(distances, detector_quantile))
+    if statistics is not None and reference_statistics is not None and len(reference_statistics) > 1:
+        reference_statistics = np.asarray(reference_statistics, dtype=np.float64)
+        covariance = np.cov(reference_statistics, rowvar=False)
+        covariance += 1e-6 * np.eye(len(covariance)) * max(1.0, float(np.trace(covariance)))
+        profile.statistics_mean = reference_statistics.mean(0).tolist()
+        profile.statistics_precision = np.linalg.inv(covariance).tolist()
+        distances = statistics_distance(statistics, profile.statistics_mean, profile.statistics_precision)
+        profile.statistics_threshold = float(np.quantile(distances, detector_quantile))
     if len(labels) < 50:
         profile.notes.append(
             f"only {len(labels)} validation images: the temperature and thresholds are rough estimates"
@@ -267,13 +307,28 @@ def calibrate_run(
     run = run if isinstance(run, Run) else Run(run)
     model = run.load_model()
     options = dict(batch_size=batch_size, device=device, workers=workers, progress=progress)
-    labels, outputs = infer(model, run.dataset("val"), desc="calibrating (validation)", **options)
-    _, train_outputs = infer(model, run.dataset("train"), desc="calibrating (reference cases)", **options)
+    statistics: dict[str, list[np.ndarray]] = {"val": [], "train": []}
+
+    def recording(part: str):  # the upright view, recording the inputs' statistics on the way
+        def view(images, start):
+            statistics[part].append(image_statistics(images))
+            return images
+
+        return {0: view}
+
+    labels, outputs = infer(
+        model, run.dataset("val"), recording("val"), desc="calibrating (validation)", **options
+    )
+    _, train_outputs = infer(
+        model, run.dataset("train"), recording("train"), desc="calibrating (reference)", **options
+    )
     profile = fit_profile(
         outputs[0].logits,
         labels,
         codes=outputs[0].codes,
         reference_codes=train_outputs[0].codes,
+        statistics=np.concatenate(statistics["val"]),
+        reference_statistics=np.concatenate(statistics["train"]),
         metric=metric,
         quantile=quantile,
         target_accuracy=target_accuracy,
@@ -408,6 +463,7 @@ def assess(
     *,
     logits: np.ndarray | None = None,
     nearest_distance: float | None = None,
+    statistics: np.ndarray | None = None,
     image_size: tuple[int, int] | None = None,
     rotation: RotationCheck | None = None,
 ) -> tuple[bool, list[TrustWarning]]:
@@ -438,8 +494,14 @@ def assess(
         if nearest_distance > profile.distance_threshold:
             unfamiliar.append(
                 f"its nearest confirmed case is farther away ({nearest_distance:.4g}) than that of "
-                f"{_pct(profile.quantile)} of the validation images ({profile.distance_threshold:.4g})"
+                f"nearly all validation images ({profile.distance_threshold:.4g})"
             )
+    if statistics is not None and profile.statistics_threshold is not None:
+        distance = float(
+            statistics_distance(statistics, profile.statistics_mean, profile.statistics_precision)[0]
+        )
+        if distance > profile.statistics_threshold:
+            unfamiliar.append("its colours and texture are unlike those of the training images")
     if unfamiliar:
         warnings.append(
             TrustWarning(
