@@ -480,8 +480,8 @@ def assess(
         warnings.append(
             TrustWarning(
                 "low_confidence",
-                f"Uncertain: the most likely diagnoses are {first} ({_pct(top)}){second}. On the validation "
-                f"images, diagnoses below {_pct(profile.min_probability)} or less than "
+                f"The model is not sure: the most likely diagnoses are {first} ({_pct(top)}){second}. "
+                f"On the validation images, diagnoses below {_pct(profile.min_probability)} or less than "
                 f"{100 * profile.min_margin:.1f} points ahead of the second were right less than "
                 f"{_pct(profile.target_accuracy)} of the time.",
             )
