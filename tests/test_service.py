@@ -186,6 +186,7 @@ def test_predict_warns_in_one_vocabulary_about_flat_tiny_and_uncertain_images(cl
 def test_search_returns_ranked_cases_and_finds_an_indexed_image_first(client, example):
     case_id, path = training_image(example)
     body = client.post("/api/search?k=10", files=files(path.read_bytes())).json()
+    assert body["calibrated"] is True  # the probability is the run's calibrated one
     results = body["results"]
     assert [r["rank"] for r in results] == list(range(1, 11))
     assert results[0]["id"] == case_id and results[0]["distance"] == pytest.approx(0, abs=1e-5)

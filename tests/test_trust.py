@@ -29,6 +29,7 @@ from rmnet.trust import (
     assess,
     check_rotations,
     energy_score,
+    fit_profile,
     invariant_angles,
     nearest_distances,
     rotation_check_angles,
@@ -81,6 +82,16 @@ def test_a_low_top_probability_of_an_eight_class_model_is_uncertain_with_its_top
     assert assess(confident, names, profile) == (False, [])
     # a high top probability with a small lead over the second is uncertain too
     assert bool(uncertain_mask(np.array([0.56, 0.44]), profile))
+
+
+def test_fit_profile_notes_a_temperature_the_validation_split_cannot_pin_down():
+    logits = np.array([[4.0, 0.0], [0.0, 4.0], [3.0, 1.0]])  # every one right: sharper is always better
+    profile = fit_profile(logits, np.array([0, 1, 0]))
+    assert profile.temperature < 0.1
+    assert any("end of its range" in note for note in profile.notes)
+    assert any("only 3 validation images" in note for note in profile.notes)
+    labels = np.array([0, 1, 1])  # one wrong: a finite temperature fits, and no note says otherwise
+    assert not any("end of its range" in note for note in fit_profile(logits, labels).notes)
 
 
 # -- out of distribution ---------------------------------------------------------------------------

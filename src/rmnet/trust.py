@@ -40,6 +40,7 @@ import numpy as np
 
 from rmnet.calibration import (
     ECE_BINS,
+    TEMPERATURE_RANGE,
     expected_calibration_error,
     fit_temperature,
     negative_log_likelihood,
@@ -281,6 +282,12 @@ def fit_profile(
         profile.statistics_precision = np.linalg.inv(covariance).tolist()
         distances = statistics_distance(statistics, profile.statistics_mean, profile.statistics_precision)
         profile.statistics_threshold = float(np.quantile(distances, detector_quantile))
+    fitted = profile.nll_after + 1e-12
+    if any(negative_log_likelihood(logits, labels, end) <= fitted for end in TEMPERATURE_RANGE):
+        profile.notes.append(
+            f"the temperature {temperature:.3g} is at the end of its range {TEMPERATURE_RANGE}: the "
+            "validation split cannot pin it down (too few images, or every one right)"
+        )
     if len(labels) < 50:
         profile.notes.append(
             f"only {len(labels)} validation images: the temperature and thresholds are rough estimates"

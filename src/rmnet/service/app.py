@@ -352,6 +352,7 @@ def create_app(service: Service) -> FastAPI:
             "metric": store.info.metric,
             "prediction": classes[best],
             "probability": float(inference.probabilities[best]),
+            "calibrated": engine.run_model.profile is not None,  # the run's temperature (docs/trust.md)
         }
 
     @app.post(
