@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from rmnet import __version__
 from rmnet.config import TrainConfig, build_model
-from rmnet.data import SKIPPED_FILE, load_split, make_split, save_skipped, save_split
+from rmnet.data import SKIPPED_FILE, ImageDataset, load_split, make_split, save_skipped, save_split
 from rmnet.io import progress_bar
 from rmnet.metrics.classification import classification_report, predict_labels
 from rmnet.models import model_entry
@@ -47,12 +47,14 @@ from rmnet.runs import (
     METRICS_FILE,
     RELOCATABLE,
     SPLIT_FILE,
+    load_checkpoint,
     load_table,
     read_checkpoint,
     save_checkpoint,
     split_dataset,
     write_metrics_csv,
 )
+from rmnet.trust import CALIBRATION_FILE, calibrate_model
 
 __all__ = ["FitResult", "TrainConfig", "build_model", "dataset_labels", "fit", "repeat", "train"]
 
@@ -488,8 +490,11 @@ def train(
     config = config.replace(**{key: str(Path(v).resolve()) for key in RELOCATABLE + ("split",)
                                 if (v := getattr(config, key)) is not None})  # fmt: skip
     last = out_dir / LAST_CHECKPOINT
+    finished = False  # a resumed run that has already trained every epoch: nothing new to calibrate
     if resume and last.exists():
-        check_resumable(read_checkpoint(last), config, last)
+        saved = read_checkpoint(last)
+        check_resumable(saved, config, last)
+        finished = saved.get("epoch", 0) >= config.epochs
     elif not resume and last.exists():
         raise FileExistsError(
             f"{out_dir} already holds a run; pass --resume to continue it, or choose another --out"
@@ -538,16 +543,20 @@ def train(
         progress=progress,
         model=model,
     )
-    if result.best_path is not None:  # rank 0 wrote the run: calibrate it on its validation split
-        from rmnet.trust import calibrate_run
-
-        calibrate_run(
-            out_dir,
+    if result.best_path is not None and not (finished and (out_dir / CALIBRATION_FILE).is_file()):
+        # rank 0 wrote the run: calibrate its best model on the validation split, with the training
+        # images (already checked, no second warning) as the reference cases
+        reference = ImageDataset(table, train_set.indices, val_set.transform)
+        calibrate_model(
+            load_checkpoint(result.best_path)[0],
+            val_set,
+            reference,
+            min_image_side=config.input_size(),
             batch_size=config.batch_size,
             device=config.device,
             workers=config.workers,
             progress=progress,
-        )
+        ).save(out_dir)
     return result
 
 

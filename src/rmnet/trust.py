@@ -50,6 +50,7 @@ from rmnet.io import atomic_write_text
 
 if TYPE_CHECKING:
     import torch
+    from torch.utils.data import Dataset
 
     from rmnet.config import TrainConfig
     from rmnet.runs import Run
@@ -295,6 +296,52 @@ def fit_profile(
     return profile
 
 
+def calibrate_model(
+    model,
+    validation: Dataset,
+    reference: Dataset,
+    *,
+    min_image_side: int,
+    quantile: float = OOD_QUANTILE,
+    target_accuracy: float = TARGET_ACCURACY,
+    metric: str = "cosine",
+    batch_size: int = 64,
+    device: str = "auto",
+    workers: int = 0,
+    progress: bool = True,
+) -> TrustProfile:
+    """Fit a TrustProfile of ``model`` on ``validation`` (eval transform), with ``reference`` (the
+    training images, eval transform) as the confirmed cases: one pass over each."""
+    from rmnet.inference import infer
+
+    options = dict(batch_size=batch_size, device=device, workers=workers, progress=progress)
+    statistics: dict[str, list[np.ndarray]] = {"val": [], "train": []}
+
+    def recording(part: str):  # the upright view, recording the inputs' statistics on the way
+        def view(images, start):
+            statistics[part].append(image_statistics(images))
+            return images
+
+        return {0: view}
+
+    labels, outputs = infer(model, validation, recording("val"), desc="calibrating (validation)", **options)
+    _, reference_outputs = infer(
+        model, reference, recording("train"), desc="calibrating (reference)", **options
+    )
+    return fit_profile(
+        outputs[0].logits,
+        labels,
+        codes=outputs[0].codes,
+        reference_codes=reference_outputs[0].codes,
+        statistics=np.concatenate(statistics["val"]),
+        reference_statistics=np.concatenate(statistics["train"]),
+        metric=metric,
+        quantile=quantile,
+        target_accuracy=target_accuracy,
+        min_image_side=min_image_side,
+    )
+
+
 def calibrate_run(
     run: str | os.PathLike | Run,
     *,
@@ -308,38 +355,21 @@ def calibrate_run(
 ) -> TrustProfile:
     """Fit a run's TrustProfile on its validation split (the training split as the reference cases)
     and write it to RUN_DIR/calibration.json."""
-    from rmnet.inference import infer
     from rmnet.runs import Run
 
     run = run if isinstance(run, Run) else Run(run)
-    model = run.load_model()
-    options = dict(batch_size=batch_size, device=device, workers=workers, progress=progress)
-    statistics: dict[str, list[np.ndarray]] = {"val": [], "train": []}
-
-    def recording(part: str):  # the upright view, recording the inputs' statistics on the way
-        def view(images, start):
-            statistics[part].append(image_statistics(images))
-            return images
-
-        return {0: view}
-
-    labels, outputs = infer(
-        model, run.dataset("val"), recording("val"), desc="calibrating (validation)", **options
-    )
-    _, train_outputs = infer(
-        model, run.dataset("train"), recording("train"), desc="calibrating (reference)", **options
-    )
-    profile = fit_profile(
-        outputs[0].logits,
-        labels,
-        codes=outputs[0].codes,
-        reference_codes=train_outputs[0].codes,
-        statistics=np.concatenate(statistics["val"]),
-        reference_statistics=np.concatenate(statistics["train"]),
-        metric=metric,
+    profile = calibrate_model(
+        run.load_model(),
+        run.dataset("val"),
+        run.dataset("train", train=False),
+        min_image_side=run.config.input_size(),
         quantile=quantile,
         target_accuracy=target_accuracy,
-        min_image_side=run.config.input_size(),
+        metric=metric,
+        batch_size=batch_size,
+        device=device,
+        workers=workers,
+        progress=progress,
     )
     profile.save(run.dir)
     return profile
