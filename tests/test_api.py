@@ -19,10 +19,12 @@ from rmnet.config import TrainConfig
 from rmnet.data import make_lesion_dataset
 from rmnet.data.images import UnreadableImageError
 from rmnet.data.lesions import render_lesion
+from rmnet.groups import rotate
 from rmnet.retrieval.search import build_index
 from rmnet.service.app import build_service, create_app
 from rmnet.service.config import ServiceConfig
 from rmnet.train import train
+from rmnet.trust import TrustProfile
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +74,8 @@ def test_load_run_is_a_top_level_name_and_describes_the_run(example, model):
     assert rmnet.load_run is load_run and rmnet.RunModel is RunModel
     assert model.class_names == ["globules", "lobed", "regular"]
     assert (model.image_size, model.resize, str(model.device)) == (16, 20, "cpu")
-    assert model.config.rm == "all" and model.run_dir == example[0] and model.temperature == 1.0
+    assert model.config.rm == "all" and model.run_dir == example[0]
+    assert model.temperature == TrustProfile.load(example[0]).temperature != 1.0  # calibrated in training
     assert not model.model.training
     assert model.info.fingerprint == model.fingerprint and model.info.class_names == tuple(model.class_names)
     assert model.prepare(example[2][0]).shape == (3, 16, 16)
@@ -91,9 +94,11 @@ def test_predict_gives_what_the_service_gives_for_the_same_image(example, model,
         assert [c["name"] for c in got["classes"]] == [c["name"] for c in body["classes"]]
         expected = [c["probability"] for c in body["classes"]]
         assert [c["probability"] for c in got["classes"]] == pytest.approx(expected, abs=1e-5)
-        ours, theirs = got["rotation_consistency"], body["rotation_consistency"]
+        ours, theirs = got["rotation_check"], body["rotation_check"]
+        assert ours["angles"] == theirs["angles"] and ours["sensitive"] == theirs["sensitive"]
         assert [t["prediction"] for t in ours["turns"]] == [t["prediction"] for t in theirs["turns"]]
-        assert ours["max_probability_change"] == pytest.approx(theirs["max_probability_change"], abs=1e-5)
+        assert ours["largest_change"] == pytest.approx(theirs["largest_change"], abs=1e-5)
+        assert got["uncertain"] == body["uncertain"] and got["calibrated"] is body["calibrated"] is True
 
 
 def test_the_service_turns_logits_into_probabilities_through_the_run_model(example, client):
@@ -127,13 +132,16 @@ def test_forward_divides_the_logits_by_the_temperature_before_the_softmax(model)
     assert plain.codes.shape == (2, model.code_length) and plain.turns is None
 
 
-def test_turns_are_the_quarter_turned_images_in_order(model):
+def test_turns_are_the_images_at_the_rotation_checks_angles_in_order(model):
     x = torch.rand(2, 3, 16, 16)
     out = model.forward(x, turns=True)
-    assert out.turns.shape == (2, 4, 3)
+    angles = model.turn_angles  # upright, then the angles an RM-all model is not invariant to
+    assert angles[0] == 0.0 and 45.0 in angles and 90.0 not in angles
+    assert out.turns.shape == (2, len(angles), 3)
     np.testing.assert_allclose(out.turns[:, 0], out.probabilities, atol=1e-6)
-    turned = model.forward(torch.rot90(x, 1, dims=(2, 3)))  # each image turned once, on its own
-    np.testing.assert_allclose(out.turns[:, 1], turned.probabilities, atol=1e-5)
+    turned = model.forward(rotate(x, angles[2]))  # each image turned on its own
+    np.testing.assert_allclose(out.turns[:, 2], turned.probabilities, atol=1e-5)
+    assert torch.equal(model.turned(x)[len(angles) + 2], rotate(x[1], angles[2]))
     assert torch.equal(quarter_turns(x)[5], torch.rot90(x[1], 1, dims=(1, 2)))
 
 

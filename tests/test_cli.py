@@ -151,7 +151,9 @@ def test_ctrl_c_exits_130_and_resume_mid_epoch_equals_an_uninterrupted_run(
 
     counter = SigintAt(monkeypatch)
     assert main(["train", "--out", str(tmp_path / "resumed"), "--resume", "--quiet"]) == 0
-    assert counter.fetched == per_epoch  # epoch 2 only, redone from its start: epoch 1 was not retrained
+    # epoch 2 only, redone from its start (epoch 1 was not retrained), then the calibration's one pass
+    # over the validation and training images (calibration.json)
+    assert counter.fetched == per_epoch + sizes["val"] + sizes["train"]
     straight, resumed = (
         torch.load(tmp_path / name / "checkpoints/last.pt", weights_only=True)
         for name in ("straight", "resumed")
@@ -166,7 +168,8 @@ def test_seeds_train_one_run_each_on_one_split_and_resume_only_what_is_unfinishe
 ):
     out = tmp_path / "seeds"
     argv = ["train", "--data", str(lesions), "--out", str(out), "--epochs", "1", *TINY, "--seeds", "0", "1"]
-    SigintAt(monkeypatch, at=21 + 5)  # seed-0 done (18 + 3 items), seed-1 in its first epoch
+    # seed-0 trained (18 + 3 items) and calibrated (3 + 18), seed-1 in its first epoch
+    SigintAt(monkeypatch, at=21 + 21 + 5)
     assert main(argv) == 130
     assert (out / "seed-0/checkpoints/last.pt").is_file() and not (
         out / "seed-1/checkpoints/last.pt"
@@ -179,7 +182,9 @@ def test_seeds_train_one_run_each_on_one_split_and_resume_only_what_is_unfinishe
 
     counter = SigintAt(monkeypatch)  # --resume needs only --out and --seeds: the runs hold their config
     assert main(["train", "--out", str(out), "--seeds", "0", "1", "--resume", "--quiet"]) == 0
-    assert counter.fetched == 21  # seed-1's one epoch; seed-0 is not trained again
+    # seed-1's one epoch and its calibration's pass over the validation and training images (21 again);
+    # seed-0 is neither trained nor calibrated again
+    assert counter.fetched == 21 + 21
     assert (out / "seed-0/checkpoints/last.pt").read_bytes() == finished
     configs = [TrainConfig.from_json(out / f"seed-{s}/config.json") for s in (0, 1)]
     assert [c.seed for c in configs] == [0, 1] and configs[0].replace(seed=1) == configs[1]

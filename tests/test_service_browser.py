@@ -1,13 +1,16 @@
 """The service's page in a real browser: Debian's chromium, driven by playwright (no browser download).
 
 The service runs in uvicorn on a loopback port; the browser uploads an image and must show the
-diagnosis, the probability bars, the rotation consistency, the heat map and the gallery, without
-a JavaScript error; a bad upload must be explained in words on the page.
+diagnosis, the probability bars, the rotation check, the heat map and the gallery, without a
+JavaScript error; a bad upload must be explained in words on the page; an uncertain diagnosis of
+an image unlike the training images must read as such.
 
 Skipped only when /usr/bin/chromium is missing (CI installs it: .ci/run). Environment:
   RMNET_SERVICE_DEMO=runs/demo      serve this demo folder (its runs and index/) instead of the tiny
                                     test model, and upload one of its own test images
   RMNET_SERVICE_SCREENSHOT=PATH     also save the page's screenshot there (docs/images/service.png)
+  RMNET_WARNINGS_SCREENSHOT=PATH    save the screenshot of an uncertain, unfamiliar image there
+                                    (docs/images/service-warnings.png)
 """
 
 from __future__ import annotations
@@ -120,9 +123,11 @@ def test_upload_shows_diagnosis_heat_map_and_gallery_without_errors(served, brow
     expect(page.locator("#gallery .case")).to_have_count(10, timeout=60_000)
     expect(page.locator("#status")).to_have_text("Done.", timeout=60_000)
     classes = page.evaluate("fetch('/healthz').then(r => r.json()).then(h => h.model.classes)")
-    assert page.inner_text("#diagnosis") in classes
+    assert page.inner_text("#diagnosis") in [*classes, "Uncertain diagnosis"]
     assert page.locator("#bars .bar").count() == len(classes)
-    assert "Rotation consistent" in page.inner_text("#consistency")
+    rotation = page.inner_text("#consistency")  # RM over the whole network: quarter turns not checked
+    assert "when turned" in rotation and "Checked at " in rotation and "45°" in rotation
+    assert "Not checked: 90°, 180°, 270°" in rotation and "by construction" in rotation
     assert page.evaluate("document.getElementById('heatmap').naturalWidth") >= 256
     assert page.locator("#heatmap").is_visible() and not page.locator("#heatmap-placeholder").is_visible()
     assert page.evaluate("document.getElementById('query').naturalWidth") > 0
@@ -166,3 +171,87 @@ def test_a_bad_upload_is_explained_on_the_page(served, browser_page, tmp_path):
     assert page.inner_text("#diagnosis") == "no diagnosis"
     # The browser logs each refused request (415) as a console error; nothing else may go wrong.
     assert [p for p in problems if "status of 415" not in p] == []
+
+
+def unfamiliar_candidates(folder: Path) -> list[tuple[str, bytes]]:
+    """Images a lesion classifier should not be sure about: colour negatives of lesions, lesions
+    faded into grey, and crops of scikit-learn's sample photographs (PNG bytes)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    def png(array) -> bytes:
+        out = io.BytesIO()
+        Image.fromarray(np.clip(array, 0, 255).astype(np.uint8)).save(out, "PNG")
+        return out.getvalue()
+
+    found = []
+    for path in sorted((folder / "data").rglob("*.png"))[::7][:20]:
+        lesion = np.asarray(Image.open(path).convert("RGB"), np.float32)
+        found += [
+            (f"negative-{path.name}", png(255 - lesion)),
+            (f"faded-{path.name}", png(0.3 * lesion + 90)),
+        ]
+    rng = np.random.default_rng(0)
+    for i, photo in enumerate(load_sample_images().images):
+        for j in range(5):
+            side = int(rng.integers(64, 300))
+            top, left = (
+                int(rng.integers(0, photo.shape[0] - side)),
+                int(rng.integers(0, photo.shape[1] - side)),
+            )
+            found.append((f"photo-{i}-{j}.png", png(photo[top : top + side, left : left + side])))
+    return found
+
+
+def test_an_uncertain_diagnosis_of_an_unfamiliar_image_reads_as_such(served, browser_page, tmp_path):
+    import httpx
+
+    base, image = served
+    page, problems = browser_page
+    folder = Path(os.environ.get("RMNET_SERVICE_DEMO") or image.parents[2])
+    chosen = None
+    for name, data in unfamiliar_candidates(folder):  # the first the service calls uncertain and unfamiliar
+        body = httpx.post(
+            base + "/api/predict", files={"image": (name, data, "image/png")}, timeout=60
+        ).json()
+        codes = [w["code"] for w in body["warnings"]]
+        if body["uncertain"] and "out_of_distribution" in codes:
+            chosen = (name, data, body)
+            break
+    assert chosen is not None, "no candidate image was both uncertain and out of distribution"
+    name, data, body = chosen
+    upload = tmp_path / name
+    upload.write_bytes(data)
+    page.goto(base + "/")
+    expect(page.locator("#service-meta")).to_contain_text("indexed cases")
+    page.set_input_files("#file", str(upload))
+    expect(page.locator("#status")).to_have_text("Done.", timeout=60_000)
+
+    # No headline: the state, then the most likely classes with their calibrated probabilities.
+    assert page.inner_text("#diagnosis") == "Uncertain diagnosis"
+    likely = page.inner_text("#diagnosis-p")
+    top = sorted(body["classes"], key=lambda c: -c["probability"])
+    assert likely.startswith("Most likely: " + top[0]["name"]) and top[1]["name"] in likely
+    assert "(calibrated)" in likely and page.locator("#bars .bar.top").count() == 0
+    # Every warning of the response, in plain words, the unfamiliar image among them.
+    items = page.locator("#warnings li")
+    assert items.count() == len(body["warnings"])
+    unfamiliar = page.inner_text("#warnings li[data-code=out_of_distribution]")
+    assert (
+        unfamiliar.startswith("Unlike the training images: ") and "unlike the images the model" in unfamiliar
+    )
+    assert page.inner_text("#warnings li[data-code=low_confidence]").startswith("Uncertain: ")
+    assert "Checked at " in page.inner_text("#consistency")
+    assert not page.locator("#error").is_visible()
+
+    shot = tmp_path / "service-warnings.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 10_000
+    if os.environ.get("RMNET_WARNINGS_SCREENSHOT"):
+        target = Path(os.environ["RMNET_WARNINGS_SCREENSHOT"])
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(shot, target)
+    assert problems == []

@@ -2,12 +2,14 @@
 searches and explains images, batched, on the CPU or a GPU.
 
     model = rmnet.load_run("runs/r18-hash")
-    model.predict(["a.jpg", "b.jpg"])          # class probabilities, as POST /api/predict gives them
+    model.predict(["a.jpg", "b.jpg"])          # calibrated probabilities, warnings: as POST /api/predict
     model.search("a.jpg", index="index/isic")  # the most similar confirmed cases
     model.explain("a.jpg").heatmap             # Grad-CAM over the network input
 
 The service's engine and ``rmnet search`` run their forward passes and Grad-CAM through a RunModel
-too: :meth:`RunModel.forward` is the one place where logits become probabilities.
+too: :meth:`RunModel.forward` is the one place where logits become probabilities, divided by the
+run's temperature (calibration.json, fitted on the validation split: rmnet.trust), and
+:meth:`RunModel.prediction` the one place a diagnosis gets its uncertain state and its warnings.
 """
 
 from __future__ import annotations
@@ -24,6 +26,17 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import nn
+
+from rmnet.trust import (
+    RotationCheck,
+    TrustProfile,
+    TrustWarning,
+    assess,
+    image_statistics,
+    invariant_angles,
+    rotation_check,
+    rotation_check_angles,
+)
 
 if TYPE_CHECKING:
     from rmnet.config import TrainConfig
@@ -84,20 +97,27 @@ class BatchOutput:
     probabilities: np.ndarray  # (B, C): softmax of logits / temperature
     codes: np.ndarray  # (B, D) retrieval codes (hash layer's raw output, or pooled features)
     logits: np.ndarray  # (B, C)
-    turns: np.ndarray | None = None  # (B, 4, C): probabilities at 0°, 90°, 180°, 270°
+    turns: np.ndarray | None = None  # (B, V, C): probabilities at RunModel.turn_angles (0° first)
+    statistics: np.ndarray | None = None  # (B, 9) colour and texture of the inputs (rmnet.trust)
 
 
 @dataclass(frozen=True)
 class Prediction:
-    """The diagnosis of one image: its class probabilities, and with ``turns`` those of its quarter turns."""
+    """The diagnosis of one image: calibrated class probabilities, whether it is uncertain, its
+    warnings and, with ``turns``, the rotation check (rmnet.trust)."""
 
-    probabilities: np.ndarray  # (C,)
+    probabilities: np.ndarray  # (C,) softmax of logits / temperature
     label: str  # the most probable class
     top: list[tuple[str, float]]  # every class with its probability, most probable first
     class_names: tuple[str, ...]
-    turns: np.ndarray | None = None  # (4, C)
+    turns: np.ndarray | None = None  # (V, C) at RunModel.turn_angles, 0° first
     image: dict[str, Any] | None = None  # {"width", "height", "format"} of the image as given
     model: dict[str, Any] | None = None  # ModelInfo.summary()
+    uncertain: bool = False  # below the run's uncertainty thresholds: show the top classes, no headline
+    warnings: tuple[TrustWarning, ...] = ()
+    rotation: RotationCheck | None = None
+    calibrated: bool = False  # the temperature came from the run's validation split
+    temperature: float = 1.0
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON fields of ``POST /api/predict``."""
@@ -105,13 +125,17 @@ class Prediction:
         out: dict[str, Any] = {
             "prediction": self.class_names[best],
             "probability": float(self.probabilities[best]),
+            "uncertain": self.uncertain,
+            "calibrated": self.calibrated,
+            "temperature": self.temperature,
             "classes": [
                 {"name": name, "probability": float(p)}
                 for name, p in zip(self.class_names, self.probabilities, strict=True)
             ],
+            "warnings": [warning.to_dict() for warning in self.warnings],
         }
-        if self.turns is not None:
-            out["rotation_consistency"] = rotation_consistency(self.turns, self.class_names)
+        if self.rotation is not None:
+            out["rotation_check"] = self.rotation.to_dict()
         if self.image is not None:
             out["image"] = dict(self.image)
         if self.model is not None:
@@ -126,20 +150,6 @@ class Explanation:
     heatmap: np.ndarray  # (H, W) in [0, 1], the network input's size
     target: int  # the class explained
     probabilities: np.ndarray  # (num_classes,)
-
-
-def rotation_consistency(turns: np.ndarray, class_names: Sequence[str]) -> dict[str, Any]:
-    """Whether the prediction survives quarter turns of the image (``turns``: (4, C) probabilities)."""
-    rows = []
-    for angle, p in zip(QUARTER_TURNS, turns, strict=True):
-        label = int(p.argmax())
-        rows.append({"angle": angle, "prediction": class_names[label], "probability": float(p[label])})
-    return {
-        "consistent": len({row["prediction"] for row in rows}) == 1,
-        "turns": rows,
-        "max_probability_change": float((turns.max(0) - turns.min(0)).max()),
-        "note": "the image turned by 0°, 90°, 180° and 270° (counterclockwise) on the network input",
-    }
 
 
 def quarter_turns(x: torch.Tensor) -> torch.Tensor:
@@ -166,11 +176,14 @@ class RunModel:
         config: TrainConfig | None = None,
         run_dir: str | os.PathLike | None = None,
         checkpoint: str | os.PathLike | None = None,
-        temperature: float = 1.0,
+        temperature: float | None = None,
         info: ModelInfo | None = None,
+        profile: TrustProfile | None = None,
     ) -> None:
         if not hasattr(model, "forward_codes"):
             raise TypeError(f"{type(model).__name__} has no forward_codes(): RunModel runs rmnet models")
+        if temperature is None:  # the run's calibration, else the raw softmax
+            temperature = profile.temperature if profile is not None else 1.0
         if not temperature > 0:
             raise ValueError(f"temperature must be positive, got {temperature}")
         if image_size is None and transform is None:
@@ -185,6 +198,7 @@ class RunModel:
         self.resize = resize or (resize_for(image_size) if image_size else None)
         self.transform = transform or build_transform(False, image_size, resize=self.resize)
         self.config, self.temperature = config, float(temperature)
+        self.profile = profile  # None: never calibrated (rmnet calibrate RUN); no thresholds of its own
         self.run_dir = None if run_dir is None else Path(run_dir)
         self.checkpoint = None if checkpoint is None else Path(checkpoint)
         if info is not None:  # given (a model outside a run folder): else described from the run
@@ -242,6 +256,33 @@ class RunModel:
         checkpoint = str(self.checkpoint.resolve()) if self.checkpoint else None
         return ModelIdentity(self.fingerprint, self.code_length, self.description, run, checkpoint, kind)
 
+    # -- the rotation check (rmnet.trust) --------------------------------------------------------
+
+    @functools.cached_property
+    def invariant_angles(self) -> tuple[float, ...]:
+        """Rotations of the input this model cannot change under, by construction (from its config)."""
+        return invariant_angles(self.config) if self.config is not None else ()
+
+    @functools.cached_property
+    def check_angles(self) -> list[float]:
+        """The angles the rotation check turns the input by: those the model is not invariant to by
+        construction (:func:`rmnet.trust.rotation_check_angles`); the quarter turns for a bare model."""
+        if self.config is None:
+            return [float(a) for a in QUARTER_TURNS[1:]]
+        return rotation_check_angles(self.config)
+
+    @property
+    def turn_angles(self) -> list[float]:
+        """The views of a prediction with ``turns``: upright, then :attr:`check_angles`."""
+        return [0.0, *self.check_angles]
+
+    def turned(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) → (V·B, C, H, W): each image at every angle of :attr:`turn_angles`, image after
+        image (exact index permutations at quarter turns, bilinear otherwise: rmnet.groups.rotate)."""
+        from rmnet.groups import rotate
+
+        return torch.stack([rotate(x, angle) for angle in self.turn_angles], 1).flatten(0, 1)
+
     # -- images to answers ------------------------------------------------------------------------
 
     def prepare(self, image: ImageInput) -> torch.Tensor:
@@ -251,15 +292,16 @@ class RunModel:
     @torch.inference_mode()
     def forward(self, x: torch.Tensor, *, turns: bool = False, batch_size: int | None = None) -> BatchOutput:
         """The model on network inputs ``x`` (B, 3, S, S), in passes of ``batch_size`` images (default:
-        all at once); with ``turns`` each image also at its quarter turns (one pass of 4·B images).
+        all at once); with ``turns`` each image also at :attr:`check_angles` (one pass of V·B images).
 
         The one place where logits become probabilities: softmax(logits / temperature).
         """
         if x.dim() != 4:
             raise ValueError(f"expected a batch (B, 3, H, W) of network inputs, got shape {tuple(x.shape)}")
         x = x.to(self.device)
+        statistics = image_statistics(x)
         if turns:
-            x = quarter_turns(x)
+            x = self.turned(x)
         step = batch_size or max(1, len(x))
         outputs = [self.model.forward_codes(x[i : i + step]) for i in range(0, len(x), step)]
         codes = torch.cat([c for c, _ in outputs]).float().cpu().numpy()
@@ -267,14 +309,15 @@ class RunModel:
         probabilities = self.probabilities(logits)
         logits = logits.numpy()
         if not turns:
-            return BatchOutput(probabilities, codes, logits)
-        n = len(QUARTER_TURNS)
+            return BatchOutput(probabilities, codes, logits, statistics=statistics)
+        n = len(self.turn_angles)
         upright = slice(0, None, n)
         return BatchOutput(
             probabilities[upright],
             codes[upright],
             logits[upright],
             probabilities.reshape(-1, n, probabilities.shape[1]),
+            statistics,
         )
 
     def probabilities(self, logits: torch.Tensor) -> np.ndarray:
@@ -282,20 +325,47 @@ class RunModel:
         return torch.softmax(logits.float() / self.temperature, dim=1).cpu().numpy()
 
     def predict(
-        self, images: ImageInput | Sequence[ImageInput], *, batch_size: int = 32, turns: bool = True
+        self,
+        images: ImageInput | Sequence[ImageInput],
+        *,
+        batch_size: int = 32,
+        turns: bool = True,
+        index: str | os.PathLike | CodeIndex | None = None,
     ) -> list[Prediction]:
-        """One :class:`Prediction` per image (one image or a list), ``batch_size`` images per pass;
-        with ``turns`` (as the service) the quarter turns' probabilities too."""
+        """One :class:`Prediction` per image (one image or a list), ``batch_size`` images per pass:
+        calibrated probabilities, the uncertain state and the warnings. With ``turns`` (as the
+        service) the rotation check too; with ``index`` (built by this model) the distance to the
+        nearest confirmed case feeds the out-of-distribution warning, as in the service."""
+        from rmnet.retrieval.index import CodeIndex
+
         batch = _as_list(images)
+        opened = index if index is None or isinstance(index, CodeIndex) else CodeIndex.open(index)
         predictions = []
-        for start in range(0, len(batch), batch_size):
-            loaded = [_as_image(image) for image in batch[start : start + batch_size]]
-            x = torch.stack([self.transform(image) for image, _ in loaded])
-            out = self.forward(x, turns=turns)
-            for i, (_, meta) in enumerate(loaded):
-                predictions.append(
-                    self._prediction(out.probabilities[i], None if out.turns is None else out.turns[i], meta)
-                )
+        try:
+            if opened is not None:
+                opened.check_model(self.fingerprint, self.code_length)
+            for start in range(0, len(batch), batch_size):
+                loaded = [_as_image(image) for image in batch[start : start + batch_size]]
+                x = torch.stack([self.transform(image) for image, _ in loaded])
+                out = self.forward(x, turns=turns)
+                nearest = [None] * len(loaded)
+                if opened is not None and len(opened):
+                    hits = opened.search(out.codes, 1, model_fingerprint=self.fingerprint)
+                    nearest = [float(h[0].distance) for h in hits]
+                for i, (_, meta) in enumerate(loaded):
+                    predictions.append(
+                        self.prediction(
+                            out.probabilities[i],
+                            logits=out.logits[i],
+                            turns=None if out.turns is None else out.turns[i],
+                            statistics=out.statistics[i],
+                            image=meta,
+                            nearest_distance=nearest[i],
+                        )
+                    )
+        finally:
+            if opened is not None and opened is not index:
+                opened.close()
         return predictions
 
     def search(
@@ -371,8 +441,36 @@ class RunModel:
             return "", None
         return gradcam_layer(self.model, self.image_size, self.device)
 
-    def _prediction(self, probabilities: np.ndarray, turns: np.ndarray | None, image: dict) -> Prediction:
+    def prediction(
+        self,
+        probabilities: np.ndarray,
+        *,
+        logits: np.ndarray | None = None,
+        turns: np.ndarray | None = None,
+        statistics: np.ndarray | None = None,
+        image: dict[str, Any] | None = None,
+        nearest_distance: float | None = None,
+    ) -> Prediction:
+        """The :class:`Prediction` of one image from what the model said about it: calibrated
+        ``probabilities`` (C,), its ``logits``, ``turns`` (V, C) at :attr:`turn_angles`, the input's
+        ``statistics`` (9,), the image's size and its distance to the nearest confirmed case. The one
+        place warnings are decided."""
         order = np.argsort(-probabilities, kind="stable")
+        rotation = None
+        if turns is not None:
+            rotated = dict(zip(self.check_angles, turns[1:], strict=True))
+            rotation = rotation_check(probabilities, rotated, self.class_names, self.invariant_angles)
+        size = None if image is None else (image["width"], image["height"])
+        uncertain, warnings = assess(
+            probabilities,
+            self.class_names,
+            self.trust_profile,
+            logits=logits,
+            nearest_distance=nearest_distance,
+            statistics=statistics,
+            image_size=size,
+            rotation=rotation,
+        )
         return Prediction(
             probabilities=probabilities,
             label=self.class_names[int(order[0])],
@@ -381,14 +479,28 @@ class RunModel:
             turns=turns,
             image=image,
             model=self.info.summary(),
+            uncertain=uncertain,
+            warnings=tuple(warnings),
+            rotation=rotation,
+            calibrated=self.profile is not None,
+            temperature=self.temperature,
         )
+
+    @property
+    def trust_profile(self) -> TrustProfile:
+        """The run's thresholds; for an uncalibrated model the defaults (uncertain below 50 %, small
+        images below the input size, no out-of-distribution thresholds)."""
+        if self.profile is not None:
+            return self.profile
+        return TrustProfile(min_image_side=self.image_size or 0)
 
 
 def load_run(
     run: str | os.PathLike, *, checkpoint: str = "best", device: str | torch.device = "auto"
 ) -> RunModel:
     """The trained model of a run folder (``checkpoint`` "best" or "last"), or of a checkpoint file,
-    with the run's eval transform, on ``device`` ("auto": CUDA when available)."""
+    with the run's eval transform and calibration (calibration.json), on ``device`` ("auto": CUDA
+    when available)."""
     from rmnet.io import resolve_device
     from rmnet.runs import Run, load_checkpoint
 
@@ -400,6 +512,7 @@ def load_run(
         opened = Run(path, checkpoint=checkpoint)
         checkpoint_path, run_dir = opened.checkpoint, opened.dir
     model, config, class_names = load_checkpoint(checkpoint_path)
+    profile = TrustProfile.load(run_dir) if run_dir is not None else None
     return RunModel(
         model,
         class_names=class_names,
@@ -409,6 +522,7 @@ def load_run(
         config=config,
         run_dir=run_dir,
         checkpoint=checkpoint_path,
+        profile=profile,
     )
 
 

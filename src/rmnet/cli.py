@@ -3,6 +3,7 @@
     rmnet demo                                     train a plain and an RM model on embedded data
     rmnet train --data DIR --arch resnet18 --rm 5-8 --out runs/rm18
     rmnet evaluate runs/rm18                       report.json, report.md and figures in runs/rm18/report
+    rmnet calibrate runs/rm18                      temperature and warning thresholds (calibration.json)
 
 Every TrainConfig field is an option of ``rmnet train`` (its help text lives beside the field in
 rmnet/config.py). Bad input ends with one line on stderr and exit status 1; ``--traceback`` shows
@@ -381,7 +382,83 @@ def headline_table(report: dict) -> str:
             lines.append(
                 f"{'accuracy, ' + angle_label(row['angle']):<26}{format_percent(row['accuracy']):>8}"
             )
+    calibration = report.get("calibration")
+    if calibration:
+        lines.append(f"{'ECE, uncalibrated':<26}{format_percent(calibration['ece_before']):>8}")
+        if calibration["calibrated"]:
+            lines.append(f"{'ECE, calibrated':<26}{format_percent(calibration['ece_after']):>8}")
+        else:
+            lines.append("probabilities not calibrated: run `rmnet calibrate RUN` first")
     return "\n".join(lines)
+
+
+# rmnet calibrate
+
+
+def add_calibrate_command(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "calibrate",
+        help="fit a run's temperature and warning thresholds on its validation split",
+        description="Fit the temperature that calibrates the run's probabilities, the uncertainty rule "
+        "and the out-of-distribution thresholds on the validation split (the training split as the "
+        "reference cases), and write them to RUN_DIR/calibration.json. Training does this at its end; "
+        "use it for runs trained before, or after the data moved. evaluate, search, serve and the "
+        "Python API then show calibrated probabilities (docs/trust.md).",
+        formatter_class=DefaultsFormatter,
+    )
+    parser.add_argument("run_dir", metavar="RUN", help="run folder")
+    parser.add_argument("--checkpoint", default="best", choices=("best", "last"), help="which checkpoint")
+    parser.add_argument("--data", help="where the run's data is now, if it moved (checked against the split)")
+    parser.add_argument("--cache", help="where the run's resized cache is now, if it moved")
+    parser.add_argument(
+        "--quantile", type=float, default=0.99, help="out of distribution: beyond this quantile of validation"
+    )
+    parser.add_argument(
+        "--target-accuracy",
+        type=float,
+        default=0.9,
+        help="uncertainty rule: diagnoses above the thresholds were right this often on validation",
+    )
+    parser.add_argument(
+        "--metric", default="cosine", choices=("cosine", "hamming"), help="the index's distance (rmnet index)"
+    )
+    parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
+    parser.add_argument("--device", default="auto", help="cuda, cpu ...; auto picks CUDA when available")
+    parser.add_argument("--workers", type=int, default=0, help="data-loading workers")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.set_defaults(run=run_calibrate)
+
+
+def run_calibrate(args: argparse.Namespace) -> None:
+    from rmnet.runs import Run
+    from rmnet.trust import CALIBRATION_FILE, calibrate_run
+
+    if not 0 < args.target_accuracy <= 1:
+        raise ValueError(f"--target-accuracy must be in (0, 1], got {args.target_accuracy}")
+    run = Run(args.run_dir, checkpoint=args.checkpoint, data=args.data, cache=args.cache)
+    profile = calibrate_run(
+        run,
+        quantile=args.quantile,
+        target_accuracy=args.target_accuracy,
+        metric=args.metric,
+        batch_size=args.batch_size,
+        device=args.device,
+        workers=args.workers,
+        progress=not args.quiet,
+    )
+    print(f"temperature {profile.temperature:.3f} on {profile.validation_images} validation images")
+    print(
+        f"ECE (15 bins) {format_percent(profile.ece_before)} % before, {format_percent(profile.ece_after)} % "
+        "after calibration"
+    )
+    print(
+        f"uncertain below {format_percent(profile.min_probability)} % top probability or "
+        f"{format_percent(profile.min_margin)} points of margin ({format_percent(profile.uncertain_share)} % "
+        "of the validation images)"
+    )
+    for note in profile.notes:
+        print(f"note: {note}")
+    print(f"written: {run.dir / CALIBRATION_FILE}")
 
 
 # rmnet demo
@@ -481,6 +558,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     add_prepare_command,
     add_train_command,
     add_evaluate_command,
+    add_calibrate_command,
     add_retrieval_commands,
     add_serve_command,
     add_reproduce_command,

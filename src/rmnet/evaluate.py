@@ -25,6 +25,7 @@ import torch
 from torch.utils.data import Dataset
 
 from rmnet import plots
+from rmnet.calibration import ECE_BINS, expected_calibration_error, reliability_bins, softmax
 from rmnet.groups import rotate
 from rmnet.inference import infer
 from rmnet.io import atomic_write_text, resolve_device
@@ -32,6 +33,7 @@ from rmnet.metrics.classification import classification_report, predict_labels
 from rmnet.models.base import ImageClassifier
 from rmnet.report import ROTATION_KEYS, aggregate_reports, json_safe, summary_markdown, write_report
 from rmnet.runs import METRICS_FILE, REPORT_DIR, Run
+from rmnet.trust import TrustProfile
 
 Angle = float | str  # degrees counterclockwise, or "random"
 DEFAULT_ANGLES: tuple[Angle, ...] = (90.0, 180.0, 270.0, "random")
@@ -41,8 +43,9 @@ DEFAULT_ANGLES: tuple[Angle, ...] = (90.0, 180.0, 270.0, "random")
 class Predictions:
     y_true: np.ndarray  # (N,) labels
     y_pred: np.ndarray  # (N,) arg-max class, -1 where the top scores tie
-    y_score: np.ndarray  # (N, C) softmax probabilities
+    y_score: np.ndarray  # (N, C) softmax probabilities (of logits / temperature)
     features: np.ndarray | None  # (N, D) model.embed: hash codes, or pooled features
+    logits: np.ndarray | None = None  # (N, C) the model's raw logits
 
 
 def canonical_angle(angle: Angle) -> Angle:
@@ -83,11 +86,13 @@ def predict_rotated(
     seed: int = 0,
     workers: int = 0,
     progress: bool = True,
+    temperature: float = 1.0,
 ) -> dict[Angle, Predictions]:
     """Predictions at every angle in one pass over the data: each batch is loaded once, rotated many times.
 
     Keys are canonical angles (numbers in [0, 360), or "random"). Features are kept for the first
-    angle only (they are for the t-SNE; the others would cost memory).
+    angle only (they are for the t-SNE; the others would cost memory). Scores are the softmax of
+    logits / ``temperature`` (a run's calibration, rmnet.trust).
     """
     angles = list(dict.fromkeys(canonical_angle(a) for a in angles))
     random_angles = np.random.default_rng(seed).uniform(0.0, 360.0, len(dataset))
@@ -108,8 +113,8 @@ def predict_rotated(
     )  # fmt: skip
     result = {}
     for angle, out in outputs.items():
-        y_score = torch.softmax(torch.from_numpy(out.logits), dim=1).numpy()
-        result[angle] = Predictions(y_true, predict_labels(y_score), y_score, out.codes)
+        y_score = softmax(out.logits, temperature).astype(np.float32)
+        result[angle] = Predictions(y_true, predict_labels(y_score), y_score, out.codes, out.logits)
     return result
 
 
@@ -169,8 +174,12 @@ def evaluate_model(
     workers: int = 0,
     tsne: bool = True,
     progress: bool = True,
+    temperature: float | None = None,
 ) -> dict[str, Any]:
-    """Metrics, rotation robustness and figures of ``model`` on ``dataset``, written to ``out_dir``."""
+    """Metrics, rotation robustness and figures of ``model`` on ``dataset``, written to ``out_dir``.
+
+    ``temperature``: the run's calibration (probabilities are softmax(logits / T)); None: uncalibrated.
+    """
     out_dir = Path(out_dir)
     sweep = [float(a) for a in np.arange(0, 360 + 1e-9, sweep_step)]
     predictions = predict_rotated(
@@ -182,6 +191,7 @@ def evaluate_model(
         seed=seed,
         workers=workers,
         progress=progress,
+        temperature=temperature or 1.0,
     )
     upright = predictions[0.0]
     report: dict[str, Any] = {
@@ -191,6 +201,7 @@ def evaluate_model(
         "classification": classification_report(upright.y_true, upright.y_pred, upright.y_score, class_names),
         "rotation": rotation_robustness(predictions, class_names, angles, sweep) | {"seed": seed},
     }
+    report["calibration"] = calibration_section(upright, temperature)
     if retrieval is not None:
         report["retrieval"] = dict(retrieval)
 
@@ -207,11 +218,33 @@ def evaluate_model(
         figures["tsne"] = plots.plot_tsne(
             upright.features, upright.y_true, class_names, out_dir / "tsne.png", seed
         )
+    if len(upright.y_true):
+        curves = {"uncalibrated": report["calibration"]["reliability_before"]}
+        if temperature is not None:
+            curves[f"calibrated (T = {temperature:.2f})"] = report["calibration"]["reliability_after"]
+        figures["reliability"] = plots.plot_reliability(curves, out_dir / "reliability.png")
     if history is not None and len(history):
         figures["training"] = plots.plot_training_curves(history, out_dir / "training.png")
     report["figures"] = {name: path.name for name, path in figures.items()}
     write_report(report, out_dir)
     return report
+
+
+def calibration_section(upright: Predictions, temperature: float | None) -> dict[str, Any]:
+    """ECE (15 bins) of the upright test predictions before and after the run's temperature, and
+    their reliability bins; "calibrated" says whether the report's probabilities are."""
+    before = softmax(upright.logits)
+    section: dict[str, Any] = {
+        "calibrated": temperature is not None,
+        "temperature": temperature,
+        "bins": ECE_BINS,
+        "ece_before": expected_calibration_error(before, upright.y_true),
+        "reliability_before": reliability_bins(before, upright.y_true).to_dict(),
+    }
+    if temperature is not None:
+        section["ece_after"] = expected_calibration_error(upright.y_score, upright.y_true)
+        section["reliability_after"] = reliability_bins(upright.y_score, upright.y_true).to_dict()
+    return section
 
 
 def checkpoint_description(run: Run) -> str:
@@ -253,6 +286,7 @@ def evaluate_run(
             progress=options.get("progress", True),
         )
     history = run.metrics if (run.dir / METRICS_FILE).is_file() else None
+    profile = TrustProfile.load(run.dir)
     description = {key: getattr(config, key) for key in ("arch", "rm", "k", "fusion", "hash_bits", "loss")}
     description |= {"checkpoint": checkpoint_description(run), "part": part, "run": str(run.dir)}
     return evaluate_model(
@@ -264,6 +298,7 @@ def evaluate_run(
         description=description,
         history=history,
         retrieval=retrieval,
+        temperature=profile.temperature if profile is not None else None,
         **options,
     )
 

@@ -1,4 +1,5 @@
-"""The report's figures (matplotlib, Agg): ROC, confusion matrix, t-SNE, rotation robustness, training.
+"""The report's figures (matplotlib, Agg): ROC, confusion matrix, t-SNE, rotation robustness, training,
+reliability (calibration).
 
 Each function draws one figure from plain arrays, writes it as a PNG (atomically) and returns the path.
 """
@@ -118,6 +119,30 @@ def plot_rotation_robustness(
     ax.set_title("Robustness to rotation")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower left")
+    return _save(figure, path)
+
+
+def plot_reliability(curves: Mapping[str, Mapping[str, Sequence]], path: str | os.PathLike) -> Path:
+    """Reliability diagram: accuracy against mean top probability per bin, one line per curve
+    ({label: rmnet.calibration.ReliabilityBins.to_dict()}), with each bin's share of images below."""
+    figure, (ax, share_ax) = plt.subplots(
+        2, 1, figsize=(5.6, 6.2), sharex=True, gridspec_kw={"height_ratios": (3, 1)}
+    )
+    ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls=":", label="perfectly calibrated")
+    width = None
+    for i, (label, bins) in enumerate(curves.items()):
+        edges, counts = np.asarray(bins["edges"], float), np.asarray(bins["counts"], float)
+        confidence = np.array([np.nan if v is None else v for v in bins["confidence"]], float)
+        accuracy = np.array([np.nan if v is None else v for v in bins["accuracy"]], float)
+        filled = counts > 0
+        ax.plot(confidence[filled], accuracy[filled], marker="o", ms=4, lw=1.6, label=label)
+        width = (edges[1] - edges[0]) / (len(curves) + 1)
+        centres = edges[:-1] + width * (i + 0.5)
+        share_ax.bar(centres, counts / max(counts.sum(), 1), width=width, label=label)
+    ax.set(xlim=(0, 1), ylim=(0, 1.02), ylabel="accuracy", title="Reliability (top probability, 15 bins)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", fontsize="small")
+    share_ax.set(xlabel="top probability", ylabel="share of images", xlim=(0, 1))
     return _save(figure, path)
 
 

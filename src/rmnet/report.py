@@ -98,6 +98,8 @@ def report_markdown(report: Mapping[str, Any]) -> str:
     out += [markdown_table(["", *names], matrix), ""]
     out += _figure(figures, "confusion_matrix", "Confusion matrix") + _figure(figures, "roc", "ROC curves")
 
+    out += calibration_markdown(report.get("calibration"), figures)
+
     rotation = report["rotation"]
     rows = [
         (
@@ -121,6 +123,31 @@ def report_markdown(report: Mapping[str, Any]) -> str:
     if "retrieval" in report:
         out += ["## Retrieval", "", retrieval_markdown(report["retrieval"]), ""]
     return "\n".join(out)
+
+
+def calibration_markdown(calibration: Mapping[str, Any] | None, figures: Mapping[str, str]) -> list[str]:
+    """The calibration section: which probabilities the report shows, and the ECE before and after."""
+    if not calibration:
+        return []
+    bins = calibration.get("bins", 15)
+    rows = [("uncalibrated (softmax of the logits)", format_percent(calibration["ece_before"]))]
+    if calibration.get("calibrated"):
+        t = calibration["temperature"]
+        rows.append((f"calibrated (logits / {t:.3f})", format_percent(calibration.get("ece_after"))))
+        note = (
+            f"Probabilities in this report are **calibrated**: the logits are divided by the temperature "
+            f"T = {t:.3f} fitted on the validation split (calibration.json)."
+        )
+    else:
+        note = "Probabilities in this report are **not calibrated**: run `rmnet calibrate RUN` first."
+    out = ["## Calibration", "", note, ""]
+    out += [markdown_table(["probabilities", f"ECE ({bins} bins), %"], rows), ""]
+    out += [
+        "ECE: the gap between the top probability and the accuracy, averaged over equal-width bins of "
+        "the top probability, weighted by their images (0 is perfectly calibrated).",
+        "",
+    ]
+    return out + _figure(figures, "reliability", "Reliability diagram")
 
 
 def _figure(figures: Mapping[str, str], key: str, caption: str) -> list[str]:

@@ -6,6 +6,7 @@
       metrics.csv            one row per epoch
       checkpoints/best.pt    the weights that scored best on validation
       checkpoints/last.pt    the latest epoch, with optimizer and scheduler state, for --resume
+      calibration.json       temperature and warning thresholds from the validation split (rmnet.trust)
       report/                report.json, report.md and figures (rmnet evaluate)
 
 Every file is written to a temporary name and renamed, so an interruption never leaves half a file.

@@ -62,12 +62,14 @@ from rmnet.runs import (
     METRICS_FILE,
     RELOCATABLE,
     SPLIT_FILE,
+    load_checkpoint,
     load_table,
     read_checkpoint,
     save_checkpoint,
     split_dataset,
     write_metrics_csv,
 )
+from rmnet.trust import CALIBRATION_FILE, calibrate_model
 
 __all__ = ["FitResult", "TrainConfig", "build_model", "dataset_labels", "fit", "repeat", "train"]
 
@@ -581,7 +583,8 @@ def train(
     """Train on ``config.data`` and write a complete run folder at ``out_dir`` (see rmnet.runs).
 
     Everything is checked before anything is written: a refused command leaves the folder as it was.
-    Data paths are stored absolute, so the run folder works from any working directory.
+    Data paths are stored absolute, so the run folder works from any working directory. At the end
+    the run is calibrated on its validation split (calibration.json, see rmnet.trust).
     """
     out_dir = Path(out_dir)
     if config.data is None:
@@ -592,8 +595,11 @@ def train(
     config = config.replace(**{key: str(Path(v).resolve()) for key in RELOCATABLE + ("split",)
                                 if (v := getattr(config, key)) is not None})  # fmt: skip
     last = out_dir / LAST_CHECKPOINT
+    finished = False  # a resumed run that has already trained every epoch: nothing new to calibrate
     if resume and last.exists():
-        check_resumable(read_checkpoint(last), config, last)
+        saved = read_checkpoint(last)
+        check_resumable(saved, config, last)
+        finished = saved.get("epoch", 0) >= config.epochs
     elif not resume and last.exists():
         raise FileExistsError(
             f"{out_dir} already holds a run; pass --resume to continue it, or choose another --out"
@@ -640,7 +646,7 @@ def train(
     if is_main and test_set is not None:  # the images left out (each also named in a warning)
         parts = {"train": train_set, "val": val_set, "test": test_set}
         save_skipped(out_dir / SKIPPED_FILE, {part: dataset.skipped for part, dataset in parts.items()})
-    return fit(
+    result = fit(
         config,
         train_set,
         val_set,
@@ -650,6 +656,21 @@ def train(
         progress=progress,
         model=model,
     )
+    if result.best_path is not None and not (finished and (out_dir / CALIBRATION_FILE).is_file()):
+        # rank 0 wrote the run: calibrate its best model on the validation split, with the training
+        # images (already checked, no second warning) as the reference cases
+        reference = ImageDataset(table, train_set.indices, val_set.transform)
+        calibrate_model(
+            load_checkpoint(result.best_path)[0],
+            val_set,
+            reference,
+            min_image_side=config.input_size(),
+            batch_size=config.batch_size,
+            device=config.device,
+            workers=config.workers,
+            progress=progress,
+        ).save(out_dir)
+    return result
 
 
 def check_run_folder(out_dir: Path) -> None:

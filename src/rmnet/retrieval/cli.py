@@ -265,9 +265,25 @@ def gallery_paths(gallery: Path, images: list[Path], queries: list[Path]) -> lis
 
 
 def _format_result(result) -> str:
-    lines = [
-        f"query: {result.query}",
-        f"predicted diagnosis: {result.predicted_class} (p = {result.probability:.2f})",
+    prediction = result.prediction
+    calibrated = "calibrated" if prediction is None or prediction.calibrated else "not calibrated"
+    diagnosis = f"predicted diagnosis: {result.predicted_class} (p = {result.probability:.2f}, {calibrated})"
+    if prediction is not None and prediction.uncertain:
+        likely = ", ".join(f"{name} (p = {p:.2f})" for name, p in prediction.top[:3])
+        diagnosis = f"uncertain diagnosis ({calibrated}); most likely: {likely}"
+    lines = [f"query: {result.query}", diagnosis]
+    if prediction is not None:
+        lines += [f"warning [{w.code}]: {w.message}" for w in prediction.warnings]
+        check = prediction.rotation
+        if check is not None:
+            angles = ", ".join(f"{a:g}°" for a in check.angles)
+            change = f"{100 * check.largest_change:.1f} points"
+            line = f"rotation check at {angles}: largest change of a probability {change}"
+            if check.invariant_by_construction:
+                skipped = ", ".join(f"{a:g}°" for a in check.invariant_by_construction)
+                line += f" (not checked: {skipped}, invariant by construction)"
+            lines.append(line)
+    lines += [
         f"{len(result.hits)} most similar cases ({result.metric} distance):",
         f"{'rank':>4}  {'image':<24} {'class':<10} {'distance':>8}  path",
     ]

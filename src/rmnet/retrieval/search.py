@@ -28,7 +28,7 @@ import torch
 from PIL import Image, ImageOps
 from torch import nn
 
-from rmnet.api import RunModel
+from rmnet.api import Prediction, RunModel
 from rmnet.data.images import UnreadableImageError, is_image_file, open_rgb
 from rmnet.io import progress_bar
 from rmnet.models.base import unwrap
@@ -46,12 +46,13 @@ class SearchResult:
     query: Path | str
     predicted_label: int
     predicted_class: str
-    probability: float
+    probability: float  # calibrated (the run's temperature)
     metric: str
     hits: list[Hit]
+    prediction: Prediction | None = None  # the diagnosis with its uncertain state, warnings, rotation check
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "query": str(self.query),
             "predicted_label": self.predicted_label,
             "predicted_class": self.predicted_class,
@@ -59,6 +60,11 @@ class SearchResult:
             "metric": self.metric,
             "hits": [asdict(hit) for hit in self.hits],
         }
+        if self.prediction is not None:
+            diagnosis = self.prediction.to_dict()
+            out |= {key: diagnosis[key] for key in ("uncertain", "calibrated", "warnings", "rotation_check")}
+            out["top"] = [{"name": name, "probability": p} for name, p in self.prediction.top]
+        return out
 
 
 class ImageEncoder:
@@ -242,7 +248,8 @@ def search_images(
     readable, codes, probabilities, failed = encoder.encode(paths, batch_size)
     if not readable:
         return [], failed
-    return _results(encoder, index, readable, codes, probabilities, k, metric), failed
+    results = _results(encoder, index, readable, codes, probabilities, k, metric)
+    return _with_warnings(encoder, index, results, readable, batch_size), failed
 
 
 def search_bytes(
@@ -265,6 +272,15 @@ def search_bytes(
     if not len(codes):
         return []
     return _results(encoder, index, names, codes, probabilities, k, metric)
+
+
+def _with_warnings(
+    encoder: ImageEncoder, index: CodeIndex, results: list[SearchResult], images: Sequence, batch_size: int
+) -> list[SearchResult]:
+    """The results with the diagnosis as RunModel.predict gives it: uncertain state, warnings (the
+    nearest case's distance in ``index`` included) and the rotation check, as the service says."""
+    predictions = encoder.run_model.predict(list(images), batch_size=batch_size, index=index)
+    return [dataclasses.replace(r, prediction=p) for r, p in zip(results, predictions, strict=True)]
 
 
 def _results(encoder, index, queries, codes, probabilities, k, metric) -> list[SearchResult]:

@@ -2,7 +2,7 @@
 per process (``rmnet.service.server`` runs it with uvicorn).
 
     GET  /healthz                      status, model, index, limits
-    POST /api/predict                  diagnosis probabilities + rotation consistency   (form: image)
+    POST /api/predict                  calibrated diagnosis, uncertain, warnings, rotation check (form: image)
     POST /api/search?k=10              the k most similar indexed cases                 (form: image)
     POST /api/explain[?class=NAME]     Grad-CAM heat map over the image, PNG            (form: image)
     GET  /api/cases/{id}/image[?size=] a case's image, or a thumbnail
@@ -37,7 +37,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from rmnet.retrieval.index import IndexBusyError
 from rmnet.service.cases import CaseStore
 from rmnet.service.config import API_KEY_ENV, SERVICE_CONFIG_ENV, THUMBNAIL_SIZES, ServiceConfig
-from rmnet.service.engine import QUARTER_TURNS, EngineBusyError, EngineClosedError, InferenceEngine
+from rmnet.service.engine import EngineBusyError, EngineClosedError, InferenceEngine
 from rmnet.service.uploads import RequestError, check_case_id, decode_image, read_form
 
 log = logging.getLogger("rmnet.service")
@@ -312,26 +312,16 @@ def create_app(service: Service) -> FastAPI:
     async def predict(request: Request) -> dict[str, Any]:
         parts = await upload(request)
         decoded, inference = await infer(parts["image"].data, turns=True)
-        probabilities = inference.probabilities
-        best = int(probabilities.argmax())
-        turns = []
-        for angle, p in zip(QUARTER_TURNS, inference.turns, strict=True):
-            label = int(p.argmax())
-            turns.append({"angle": angle, "prediction": classes[label], "probability": float(p[label])})
-        spread = float((inference.turns.max(0) - inference.turns.min(0)).max())
-        return {
-            "prediction": classes[best],
-            "probability": float(probabilities[best]),
-            "classes": class_list(probabilities),
-            "rotation_consistency": {
-                "consistent": len({t["prediction"] for t in turns}) == 1,
-                "turns": turns,
-                "max_probability_change": spread,
-                "note": "the image turned by 0°, 90°, 180° and 270° (counterclockwise) on the network input",
-            },
-            "image": {"width": decoded.width, "height": decoded.height, "format": decoded.format},
-            "model": _model_summary(engine),
-        }
+        hits = await run_in_threadpool(store.search, inference.code, 1)  # out of distribution: how far?
+        prediction = engine.run_model.prediction(  # calibrated; uncertain state, warnings, rotation check
+            inference.probabilities,
+            logits=inference.logits,
+            turns=inference.turns,
+            statistics=inference.statistics,
+            image={"width": decoded.width, "height": decoded.height, "format": decoded.format},
+            nearest_distance=float(hits[0].distance) if hits else None,
+        )
+        return prediction.to_dict() | {"model": _model_summary(engine)}
 
     @app.post(
         "/api/search",
@@ -362,6 +352,7 @@ def create_app(service: Service) -> FastAPI:
             "metric": store.info.metric,
             "prediction": classes[best],
             "probability": float(inference.probabilities[best]),
+            "calibrated": engine.run_model.profile is not None,  # the run's temperature (docs/trust.md)
         }
 
     @app.post(

@@ -6,7 +6,8 @@ model itself. Worker threads ("rmnet-inference-N"; ``rmnet serve`` picks how man
 Each worker:
 
 - it takes the oldest waiting request, then the other waiting requests that fit in one forward
-  pass (``forward_batch`` images, at least one predict: a predict counts 4, its quarter turns), and
+  pass (``forward_batch`` images, at least one predict: a predict counts its rotation check's views,
+  ``RunModel.turn_angles``), and
   runs them as one forward pass. Requests that arrive meanwhile form the next batch.
 - ``forward_batch`` is measured when the engine starts (:meth:`InferenceEngine.tune`): the batch
   size with the lowest time per image on this machine, from 4 (one predict) up to ``max_batch``.
@@ -44,7 +45,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from rmnet.api import QUARTER_TURNS, Explanation, ModelInfo, RunModel, load_run, quarter_turns
+from rmnet.api import QUARTER_TURNS, Explanation, ModelInfo, RunModel, load_run
 
 __all__ = [  # Explanation, ModelInfo and QUARTER_TURNS live in rmnet.api; imported from here too
     "QUARTER_TURNS",
@@ -74,7 +75,9 @@ class Inference:
 
     probabilities: np.ndarray  # (num_classes,) of the image as uploaded (upright)
     code: np.ndarray  # (code_length,) retrieval code of the upright image
-    turns: np.ndarray | None = None  # (4, num_classes): probabilities at 0°, 90°, 180°, 270°
+    turns: np.ndarray | None = None  # (V, num_classes): probabilities at RunModel.turn_angles, 0° first
+    logits: np.ndarray | None = None  # (num_classes,) of the upright image (out-of-distribution score)
+    statistics: np.ndarray | None = None  # (9,) colour and texture of the input (rmnet.trust)
 
 
 @dataclass
@@ -84,10 +87,11 @@ class _Job:
     future: Future
     turns: bool = False
     target: int | None = None
+    views: int = 1  # images in the forward pass: 1, or the rotation check's views with turns
 
     @property
     def images(self) -> int:
-        return len(QUARTER_TURNS) if self.turns else 1
+        return self.views
 
 
 @dataclass
@@ -242,8 +246,9 @@ class InferenceEngine:
 
     def infer(self, x: torch.Tensor, *, turns: bool = False, arrival: Arrival | None = None) -> Future:
         """Future of an :class:`Inference` of network input ``x`` (3, S, S); with ``turns``, also the
-        probabilities of its four quarter turns (one batch of 4)."""
-        return self._submit(_Job("infer", x, Future(), turns=turns), arrival)
+        probabilities at the rotation check's angles (``RunModel.turn_angles``, in one pass)."""
+        views = len(self.run_model.turn_angles) if turns else 1
+        return self._submit(_Job("infer", x, Future(), turns=turns, views=views), arrival)
 
     def explain(self, x: torch.Tensor, target: int | None = None) -> Future:
         """Future of an :class:`Explanation`: captum's LayerGradCam for class ``target`` (default:
@@ -327,7 +332,7 @@ class InferenceEngine:
             return
         images = []
         for job in batch:
-            images.append(quarter_turns(job.x[None]) if job.turns else job.x[None])
+            images.append(self.run_model.turned(job.x[None]) if job.turns else job.x[None])
         stacked = torch.cat(images)
         with self._model_lock.shared():
             out = self.run_model.forward(stacked, batch_size=self.forward_batch)
@@ -335,7 +340,15 @@ class InferenceEngine:
         for job in batch:
             end = start + job.images
             turns = out.probabilities[start:end] if job.turns else None
-            job.future.set_result(Inference(out.probabilities[start], out.codes[start], turns))
+            job.future.set_result(
+                Inference(
+                    out.probabilities[start],
+                    out.codes[start],
+                    turns,
+                    out.logits[start],
+                    out.statistics[start],
+                )
+            )
             start = end
         with self._stats_lock:
             stats = self.stats
