@@ -343,17 +343,23 @@ def _folder_config(lesion_root, **changes) -> TrainConfig:
 
 
 def test_data_path_memory_decodes_each_image_once_and_trains_from_memory(lesion_root, tmp_path, monkeypatch):
+    # Every run decodes its images once more when it starts (the check of every part) and ends
+    # (calibration); the training loop itself decodes per epoch on files, once in all from memory.
     decodes = _count_decodes(monkeypatch)
     result = train(_folder_config(lesion_root, data_path="memory", rotation_augmentation=45), tmp_path / "m")
-    images = 40 - 4  # train and validation parts of 40 images (the test part, 4, is not read)
-    assert decodes[0] == images  # once, not once per epoch
+    from_memory = decodes[0]
     assert [row["epoch"] for row in result.history] == [1, 2]
     assert all(np.isfinite(row["train_loss"]) for row in result.history)
     assert read_checkpoint(tmp_path / "m/checkpoints/last.pt")["config"]["data_path"] == "memory"
 
     decodes[0] = 0
     train(_folder_config(lesion_root, data_path="auto"), tmp_path / "auto")  # auto on the CPU: files
-    assert decodes[0] == 2 * images
+    images = 40 - 4  # train and validation parts of 40 images (the test part, 4, is not trained on)
+    assert decodes[0] - from_memory == images  # two epochs from files, against one decode into memory
+
+    decodes[0] = 0
+    train(_folder_config(lesion_root, data_path="auto", epochs=3), tmp_path / "auto3")
+    assert decodes[0] - from_memory == 2 * images  # files: once more per epoch; memory: never
 
 
 def test_data_path_memory_resumes_exactly(lesion_root, tmp_path):
