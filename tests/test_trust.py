@@ -311,3 +311,12 @@ def test_calibrate_command_refuses_a_missing_run_in_one_line(tmp_path):
     assert (
         result.returncode == 1 and result.stderr.count("\n") == 1 and "run folder not found" in result.stderr
     )
+
+
+def test_out_of_distribution_cutoffs_are_scores_seen_never_interpolated_below_the_largest():
+    from rmnet.trust import cutoff
+
+    scores = np.arange(1.0, 97.0)  # 96 validation scores 1 … 96
+    assert cutoff(scores, 0.99667) == 96.0  # interpolation would give 95.68: more false alarms
+    assert cutoff(scores, 0.5) == 49.0  # index 47.5 rounded up to the 49th score
+    assert cutoff(np.array([3.0, 1.0, 2.0]), 0.9) == 3.0

@@ -17,7 +17,8 @@ or the answer changes when the image is turned. One vocabulary for the API, the 
                                 Mahalanobis distance of the network input's colour and texture
                                 statistics (:func:`image_statistics`) from the training images'. Each
                                 threshold is the 1 − (1 − quantile)/3 quantile of its score on the
-                                validation images (quantile 99 %: together they flag about 1 % of them)
+                                validation images (quantile 99 %: together they flag about 1 % of them),
+                                taken as a score seen there, never interpolated below it (:func:`cutoff`)
       min_image_side            smaller images are enlarged to the network's input: warned
 
 The rotation check turns the network input by the angles the model is *not* invariant to by
@@ -230,6 +231,13 @@ def statistics_distance(
     return np.sqrt(np.maximum(squared, 0.0))
 
 
+def cutoff(scores: np.ndarray, quantile: float) -> float:
+    """The ``quantile`` of ``scores`` as one of the scores, rounded up (never interpolated between two):
+    with few validation images the cut-off is the largest one seen, so about 1/(n + 1) of new
+    in-distribution images exceed it, not the share an interpolation into the top gap would give."""
+    return float(np.quantile(np.asarray(scores, dtype=np.float64), quantile, method="higher"))
+
+
 def fit_profile(
     logits: np.ndarray,
     labels: np.ndarray,
@@ -263,7 +271,7 @@ def fit_profile(
         min_probability=min_probability,
         min_margin=min_margin,
         quantile=quantile,
-        energy_threshold=float(np.quantile(energy_score(logits), detector_quantile)),
+        energy_threshold=cutoff(energy_score(logits), detector_quantile),
         distance_metric=metric,
         min_image_side=min_image_side,
     )
@@ -274,7 +282,7 @@ def fit_profile(
         profile.accepted_accuracy = float((after.argmax(1) == labels)[accepted].mean())
     if codes is not None and reference_codes is not None and len(reference_codes):
         distances = nearest_distances(codes, reference_codes, metric)
-        profile.distance_threshold = float(np.quantile(distances, detector_quantile))
+        profile.distance_threshold = cutoff(distances, detector_quantile)
     if statistics is not None and reference_statistics is not None and len(reference_statistics) > 1:
         reference_statistics = np.asarray(reference_statistics, dtype=np.float64)
         covariance = np.cov(reference_statistics, rowvar=False)
@@ -282,7 +290,7 @@ def fit_profile(
         profile.statistics_mean = reference_statistics.mean(0).tolist()
         profile.statistics_precision = np.linalg.inv(covariance).tolist()
         distances = statistics_distance(statistics, profile.statistics_mean, profile.statistics_precision)
-        profile.statistics_threshold = float(np.quantile(distances, detector_quantile))
+        profile.statistics_threshold = cutoff(distances, detector_quantile)
     fitted = profile.nll_after + 1e-12
     if any(negative_log_likelihood(logits, labels, end) <= fitted for end in TEMPERATURE_RANGE):
         profile.notes.append(
