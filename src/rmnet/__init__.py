@@ -25,6 +25,8 @@ _EXPORTS = {
     "list_models": "rmnet.models",
     "register_model": "rmnet.models",
     "TrainConfig": "rmnet.config",
+    "load_run": "rmnet.api",
+    "RunModel": "rmnet.api",
 }
 
 __all__ = [
@@ -33,17 +35,20 @@ __all__ = [
     "ImageClassifier",
     "RotationGroup",
     "RotationMeanout",
+    "RunModel",
     "TrainConfig",
     "create_model",
     "embed_rotation_meanout",
     "insert_rotation_meanout",
     "list_models",
+    "load_run",
     "make_group",
     "register_model",
     "rotation_meanout",
 ]
 
 if TYPE_CHECKING:
+    from rmnet.api import RunModel, load_run
     from rmnet.config import TrainConfig
     from rmnet.groups import CyclicGroup, DihedralGroup, RotationGroup, make_group
     from rmnet.meanout import (

@@ -13,6 +13,7 @@ others; unreadable bytes raise :class:`~rmnet.data.images.UnreadableImageError` 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import os
@@ -28,10 +29,11 @@ from PIL import Image, ImageOps
 from torch import nn
 from tqdm.auto import tqdm
 
+from rmnet.api import RunModel
 from rmnet.data.images import UnreadableImageError, is_image_file, open_rgb
 from rmnet.models.base import unwrap
-from rmnet.retrieval.codes import embed_dataset, model_fingerprint
-from rmnet.retrieval.index import DEFAULT_LOCK_TIMEOUT, AddResult, CodeIndex, Hit, IndexItem, ModelIdentity
+from rmnet.retrieval.codes import embed_dataset
+from rmnet.retrieval.index import DEFAULT_LOCK_TIMEOUT, AddResult, CodeIndex, Hit, IndexItem
 
 
 @dataclass
@@ -60,7 +62,8 @@ class SearchResult:
 
 
 class ImageEncoder:
-    """A trained model with its eval transform: images → retrieval codes and class probabilities.
+    """A run's model (a :class:`~rmnet.api.RunModel`) as the index needs it: images → retrieval codes
+    and class probabilities, plus the identity an index records.
 
     Thread-safe for inference: any number of threads may encode at once (the model stays in eval
     mode and nothing is cached between calls).
@@ -68,45 +71,47 @@ class ImageEncoder:
 
     def __init__(
         self,
-        model: nn.Module,
-        transform,
-        class_names: Sequence[str],
+        model: nn.Module | RunModel,
+        transform=None,
+        class_names: Sequence[str] | None = None,
         *,
-        device: str | torch.device = "cpu",
+        device: str | torch.device | None = None,
         description: str = "",
         run: str | None = None,
         checkpoint: str | None = None,
     ) -> None:
-        model = unwrap(model)  # a clear TypeError for a model that is not an rmnet ImageClassifier
-        self.model = model.eval().to(device)
-        self.transform, self.class_names, self.device = transform, list(class_names), torch.device(device)
-        self.fingerprint = model_fingerprint(model)
-        kind = "features" if model.hash_bits is None else "hash"
-        self.identity = ModelIdentity(self.fingerprint, model.code_length, description, run, checkpoint, kind)
+        if not isinstance(model, RunModel):
+            if transform is None or class_names is None:
+                raise TypeError(
+                    "a bare model needs its transform and class names: ImageEncoder(model, t, names)"
+                )
+            model = RunModel(  # unwrap: a clear TypeError for a model that is not an ImageClassifier
+                unwrap(model),
+                class_names=class_names,
+                image_size=None,
+                transform=transform,
+                device=device or "cpu",
+            )
+        self.run_model = model
+        self.model, self.transform, self.device = model.model, model.transform, model.device
+        self.class_names = model.class_names
+        self.fingerprint = model.fingerprint
+        identity = model.identity
+        self.identity = dataclasses.replace(
+            identity,
+            description=description or identity.description,
+            run=run or identity.run,
+            checkpoint=checkpoint or identity.checkpoint,
+        )
 
-    # -- glue to rmnet.runs: a run folder gives the model, its eval transform and its classes -----
     @classmethod
     def from_run(
         cls, run_dir: str | os.PathLike, checkpoint: str = "best", device: str | torch.device = "cpu"
     ) -> ImageEncoder:
         """The model of ``run_dir`` (checkpoints/best.pt or last.pt) and the run's eval transform."""
-        from rmnet.data import build_transform
-        from rmnet.runs import Run, load_checkpoint
+        from rmnet.api import load_run
 
-        run = Run(run_dir, checkpoint=checkpoint)
-        path = run.checkpoint
-        model, config, class_names = load_checkpoint(path)
-        transform = build_transform(False, config.input_size(), resize=config.resize_short_edge())
-        description = f"{config.arch} rm={config.rm} hash_bits={config.hash_bits} loss={config.loss}"
-        return cls(
-            model,
-            transform,
-            class_names,
-            device=device,
-            description=description,
-            run=str(run.dir.resolve()),
-            checkpoint=str(path.resolve()),
-        )
+        return cls(load_run(run_dir, checkpoint=checkpoint, device=device))
 
     def encode(
         self, paths: Sequence[str | os.PathLike], batch_size: int = 32
@@ -147,11 +152,9 @@ class ImageEncoder:
                 image if image.mode == "RGB" else image.convert("RGB")
                 for image in images[start : start + batch_size]
             ]
-            tensors = torch.stack([self.transform(image) for image in batch]).to(self.device)
-            with torch.inference_mode():
-                batch_codes, logits = self.model.forward_codes(tensors)
-            codes.append(batch_codes.float().cpu().numpy())
-            probabilities.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
+            out = self.run_model.forward(torch.stack([self.transform(image) for image in batch]))
+            codes.append(out.codes)
+            probabilities.append(out.probabilities)
         if not codes:
             return self._empty()
         return np.concatenate(codes), np.concatenate(probabilities)

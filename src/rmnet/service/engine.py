@@ -44,9 +44,20 @@ import torch
 from PIL import Image
 from torch import nn
 
-log = logging.getLogger(__name__)
+from rmnet.api import QUARTER_TURNS, Explanation, ModelInfo, RunModel, load_run, quarter_turns
 
-QUARTER_TURNS = (0, 90, 180, 270)  # degrees counterclockwise, as torch.rot90 turns (H, W)
+__all__ = [  # Explanation, ModelInfo and QUARTER_TURNS live in rmnet.api; imported from here too
+    "QUARTER_TURNS",
+    "EngineBusyError",
+    "EngineClosedError",
+    "Explanation",
+    "Inference",
+    "InferenceEngine",
+    "ModelInfo",
+    "heatmap_overlay",
+]
+
+log = logging.getLogger(__name__)
 
 
 class EngineBusyError(RuntimeError):
@@ -64,47 +75,6 @@ class Inference:
     probabilities: np.ndarray  # (num_classes,) of the image as uploaded (upright)
     code: np.ndarray  # (code_length,) retrieval code of the upright image
     turns: np.ndarray | None = None  # (4, num_classes): probabilities at 0°, 90°, 180°, 270°
-
-
-@dataclass(frozen=True)
-class Explanation:
-    """A Grad-CAM heat map over the network input, for one class."""
-
-    heatmap: np.ndarray  # (H, W) in [0, 1], the network input's size
-    target: int  # the class explained
-    probabilities: np.ndarray  # (num_classes,)
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """What the service says about its model (``GET /healthz``, every prediction)."""
-
-    run: str
-    checkpoint: str
-    description: str
-    fingerprint: str
-    code_length: int
-    class_names: tuple[str, ...]
-    image_size: int
-    resize: int
-    rm: str | None = None
-    k: int | None = None
-    hash_bits: int | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "run": self.run,
-            "checkpoint": self.checkpoint,
-            "description": self.description,
-            "fingerprint": self.fingerprint,
-            "code_length": self.code_length,
-            "classes": list(self.class_names),
-            "image_size": self.image_size,
-            "resize": self.resize,
-            "rm": self.rm,
-            "k": self.k,
-            "hash_bits": self.hash_bits,
-        }
 
 
 @dataclass
@@ -151,32 +121,47 @@ class EngineStats:
 
 
 class InferenceEngine:
-    """A model with its eval transform, serving many threads through one micro-batching worker."""
+    """A :class:`~rmnet.api.RunModel` serving many threads through micro-batching worker threads.
+
+    The forward passes and Grad-CAM are the RunModel's own (:meth:`RunModel.forward`,
+    :meth:`RunModel.gradcam`), so the service answers exactly as ``rmnet.load_run(run).predict``.
+    """
 
     def __init__(
         self,
-        model: nn.Module,
-        transform,
-        info: ModelInfo,
+        model: RunModel | nn.Module,
+        transform=None,
+        info: ModelInfo | None = None,
         *,
-        device: str | torch.device = "cpu",
+        device: str | torch.device | None = None,
         max_batch: int = 32,
         forward_batch: int | None = None,
         batch_wait_ms: float = 2.0,
         max_queue: int = 256,
         workers: int = 1,
     ) -> None:
-        if not hasattr(model, "forward_codes"):
-            raise TypeError(f"{type(model).__name__} has no forward_codes(): the service serves rmnet models")
         if workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
         if max_batch < len(QUARTER_TURNS):
             raise ValueError(f"max_batch must be at least {len(QUARTER_TURNS)} (one predict's quarter turns)")
-        self.device = torch.device(device)
-        self.model = model.eval().to(self.device)
-        self.transform, self.info = transform, info
+        if not isinstance(model, RunModel):  # a bare model (tests, benchmarks): wrapped with its info
+            if info is None:
+                raise TypeError("a bare model needs its ModelInfo: InferenceEngine(model, transform, info)")
+            model = RunModel(
+                model,
+                class_names=info.class_names,
+                image_size=info.image_size,
+                resize=info.resize,
+                transform=transform,
+                device=device or "cpu",
+                info=info,
+            )
+        elif device is not None and torch.device(device) != model.device:
+            raise ValueError(f"the RunModel is on {model.device}, not {device}: load it there")
+        self.run_model = model
+        self.device, self.model, self.info = model.device, model.model, model.info
         self.max_batch, self.batch_wait, self.max_queue = max_batch, batch_wait_ms / 1000, max_queue
-        self.cam_layer_name, self.cam_layer = _gradcam_layer(self.model, info.image_size, self.device)
+        self.cam_layer_name, self.cam_layer = model.cam_layer_name, model.cam_layer
         self.torch_threads = torch.get_num_threads()
         self.forward_times: dict[int, float] = {}  # batch size → seconds per forward pass (tune())
         self.forward_batch = forward_batch or self.tune()
@@ -200,30 +185,8 @@ class InferenceEngine:
     def from_run(
         cls, run_dir: str | os.PathLike, *, checkpoint: str = "best", device: str = "auto", **options: Any
     ) -> InferenceEngine:
-        """The model of run folder ``run_dir`` (checkpoints/best.pt or last.pt) and its eval transform."""
-        from rmnet.data import build_transform
-        from rmnet.io import resolve_device
-        from rmnet.retrieval.codes import model_fingerprint
-        from rmnet.runs import Run, load_checkpoint
-
-        run = Run(run_dir)
-        path = run.best_checkpoint if checkpoint == "best" else run.last_checkpoint
-        model, config, class_names = load_checkpoint(path)
-        info = ModelInfo(
-            run=str(run.dir.resolve()),
-            checkpoint=str(path.resolve()),
-            description=f"{config.arch} rm={config.rm} hash_bits={config.hash_bits} loss={config.loss}",
-            fingerprint=model_fingerprint(model),
-            code_length=getattr(model, "hash_bits", None) or model.num_features,
-            class_names=tuple(class_names),
-            image_size=config.image_size,
-            resize=config.resize_short_edge(),
-            rm=config.rm,
-            k=config.k if config.rm else None,
-            hash_bits=config.hash_bits,
-        )
-        transform = build_transform(False, config.image_size, resize=config.resize)
-        return cls(model, transform, info, device=resolve_device(device), **options)
+        """The model of run folder ``run_dir`` (checkpoints/best.pt or last.pt): ``rmnet.load_run``."""
+        return cls(load_run(run_dir, checkpoint=checkpoint, device=device), **options)
 
     def tune(self, budget_s: float = 3.0) -> int:
         """The forward batch size (a power of two from 4 up to ``max_batch``) with the lowest time per
@@ -260,7 +223,7 @@ class InferenceEngine:
 
     def prepare(self, image: Image.Image) -> torch.Tensor:
         """The network input (3, S, S) of an upright RGB image: the run's eval transform."""
-        return self.transform(image)
+        return self.run_model.transform(image)
 
     @contextlib.contextmanager
     def arriving(self) -> Iterator[Arrival]:
@@ -364,51 +327,32 @@ class InferenceEngine:
             return
         images = []
         for job in batch:
-            images += [torch.rot90(job.x, i, dims=(1, 2)) for i in range(job.images)]
-        stacked, step = torch.stack(images).to(self.device), self.forward_batch
-        with self._model_lock.shared(), torch.inference_mode():
-            outputs = [self.model.forward_codes(stacked[i : i + step]) for i in range(0, len(stacked), step)]
-        codes = torch.cat([c for c, _ in outputs]).float().cpu().numpy()
-        probabilities = (
-            torch.softmax(torch.cat([logits for _, logits in outputs]).float(), dim=1).cpu().numpy()
-        )
+            images.append(quarter_turns(job.x[None]) if job.turns else job.x[None])
+        stacked = torch.cat(images)
+        with self._model_lock.shared():
+            out = self.run_model.forward(stacked, batch_size=self.forward_batch)
         start = 0
         for job in batch:
             end = start + job.images
-            turns = probabilities[start:end] if job.turns else None
-            job.future.set_result(Inference(probabilities[start], codes[start], turns))
+            turns = out.probabilities[start:end] if job.turns else None
+            job.future.set_result(Inference(out.probabilities[start], out.codes[start], turns))
             start = end
         with self._stats_lock:
             stats = self.stats
             stats.batches += 1
             stats.requests += len(batch)
-            stats.images += len(images)
+            stats.images += len(stacked)
             stats.largest_batch = max(stats.largest_batch, len(batch))
             stats.requests_per_batch[len(batch)] = stats.requests_per_batch.get(len(batch), 0) + 1
 
     def _run_explain(self, job: _Job) -> None:
         if not job.future.set_running_or_notify_cancel():
             return
-        if self.cam_layer is None:
-            raise RuntimeError("this model has no spatial feature map for Grad-CAM")
-        from captum.attr import LayerAttribution, LayerGradCam
-
-        x = job.x[None].to(self.device).requires_grad_(True)
-        with self._model_lock.exclusive(), torch.inference_mode(False), torch.enable_grad():
-            with torch.no_grad():
-                probabilities = torch.softmax(self.model(x).float(), dim=1)[0].cpu().numpy()
-            target = int(probabilities.argmax()) if job.target is None else job.target
-            attribution = LayerGradCam(self.model, self.cam_layer).attribute(
-                x, target=target, relu_attributions=True
-            )
-            size = tuple(x.shape[-2:])
-            upsampled = LayerAttribution.interpolate(attribution, size, interpolate_mode="bilinear")
-        heatmap = upsampled[0].sum(0).detach().float().cpu().numpy()
-        peak = float(heatmap.max())
-        heatmap = np.clip(heatmap / peak, 0, 1) if peak > 0 else np.zeros_like(heatmap)
+        with self._model_lock.exclusive():
+            explanation = self.run_model.gradcam(job.x, job.target)
         with self._stats_lock:
             self.stats.explanations += 1
-        job.future.set_result(Explanation(heatmap, target, probabilities))
+        job.future.set_result(explanation)
 
 
 class _SharedExclusiveLock:
@@ -448,37 +392,6 @@ class _SharedExclusiveLock:
             with self._cond:
                 self._exclusive = False
                 self._cond.notify_all()
-
-
-def _gradcam_layer(model: nn.Module, image_size: int, device: torch.device) -> tuple[str, nn.Module | None]:
-    """The module whose output is the model's last spatial feature map of the image batch itself.
-
-    Found by one dry forward pass: the last module to finish with a (1, C, H, W) output, H·W > 1.
-    In an RM model whose region ends the trunk this is the RotationMeanout module (its blocks see the
-    k·B rotated copies; RM's output is the realigned, fused map of the B images): the heat map of the
-    fused, rotation-equivariant features. In a plain model it is the last block.
-    """
-    found: list[tuple[str, nn.Module]] = []
-
-    def record(name: str):
-        def hook(module: nn.Module, _inputs: Any, output: Any) -> None:
-            if isinstance(output, torch.Tensor) and output.dim() == 4 and output.shape[0] == 1:
-                if output.shape[-1] * output.shape[-2] > 1:
-                    found.append((name, module))
-
-        return hook
-
-    handles = [m.register_forward_hook(record(name)) for name, m in model.named_modules() if name]
-    try:
-        with torch.inference_mode():
-            model(torch.zeros(1, 3, image_size, image_size, device=device))
-    finally:
-        for handle in handles:
-            handle.remove()
-    if not found:
-        log.warning("no spatial feature map found in %s: /api/explain is unavailable", type(model).__name__)
-        return "", None
-    return found[-1]
 
 
 def heatmap_overlay(
