@@ -63,7 +63,7 @@ def model(example) -> RunModel:
 def client(example):
     run, index, _ = example
     service = build_service(ServiceConfig(run=run, index=index, api_key="", device="cpu"))
-    with TestClient(create_app(service)) as test_client:
+    with TestClient(create_app(service), base_url="http://localhost") as test_client:  # an allowed Host
         yield test_client, service
     service.close()
 

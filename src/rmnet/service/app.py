@@ -265,9 +265,8 @@ def create_app(service: Service) -> FastAPI:
         return JSONResponse({"detail": f"internal error ({type(err).__name__}); see the service log"}, 500)
 
     app.add_middleware(RefuseSecretsInQuery)
-    app.add_middleware(
-        TrustedHostMiddleware, allowed_hosts=list(config.resolved_allowed_hosts), www_redirect=False
-    )
+    hosts = [f"[{h}]" if ":" in h and not h.startswith("[") else h for h in config.resolved_allowed_hosts]
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=hosts, www_redirect=False)  # IPv6 in brackets
     app.add_middleware(SecurityHeaders)
 
     # -- helpers ------------------------------------------------------------------------------

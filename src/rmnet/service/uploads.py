@@ -41,8 +41,15 @@ DRAFT_SHORT_EDGE = 1024  # large images are reduced (JPEGs while decoding) to a 
 BACKGROUND = (255, 255, 255)  # transparent pixels are composited onto white
 ORIENTATION = 0x0112
 _T = Image.Transpose
-TRANSPOSE = {2: _T.FLIP_LEFT_RIGHT, 3: _T.ROTATE_180, 4: _T.FLIP_TOP_BOTTOM, 5: _T.TRANSPOSE,
-             6: _T.ROTATE_270, 7: _T.TRANSVERSE, 8: _T.ROTATE_90}  # fmt: skip (EXIF orientation → turn)
+TRANSPOSE = {
+    2: _T.FLIP_LEFT_RIGHT,
+    3: _T.ROTATE_180,
+    4: _T.FLIP_TOP_BOTTOM,
+    5: _T.TRANSPOSE,
+    6: _T.ROTATE_270,
+    7: _T.TRANSVERSE,
+    8: _T.ROTATE_90,
+}  # fmt: skip (EXIF orientation → turn)
 CASE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
