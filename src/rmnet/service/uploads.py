@@ -39,6 +39,7 @@ MAX_PARTS = 8
 MAX_TEXT_FIELD_BYTES = 4096
 DRAFT_SHORT_EDGE = 1024  # large images are reduced (JPEGs while decoding) to a short edge not below this
 BACKGROUND = (255, 255, 255)  # transparent pixels are composited onto white
+TRIM_AFTER_PIXELS = 4_000_000  # after decoding an image this large, freed memory goes back to the OS
 ORIENTATION = 0x0112
 _T = Image.Transpose
 TRANSPOSE = {
@@ -336,6 +337,8 @@ def decode_image(
         raise
     if rgb is not image:
         image.close()  # the full-size pixels go now, not when the garbage collector gets to them
+        if width * height >= TRIM_AFTER_PIXELS:
+            _return_freed_memory()
     return DecodedImage(rgb, file_format, width, height)
 
 
@@ -391,6 +394,25 @@ def _to_8bit(image: Image.Image) -> Image.Image:
         rows = pixels[start : start + 256].astype(np.float32)
         out[start : start + 256] = np.clip(np.rint(rows * (255.0 / top)), 0, 255)
     return Image.fromarray(out, "L")
+
+
+def _return_freed_memory() -> None:
+    """Give freed heap memory back to the OS (glibc's ``malloc_trim``): without it a process keeps
+    the high-water mark of its decodes (hundreds of MB after a burst of large uploads)."""
+    global _LIBC
+    if _LIBC is None:
+        try:
+            import ctypes
+
+            _LIBC = ctypes.CDLL("libc.so.6")
+            _LIBC.malloc_trim  # noqa: B018 - glibc only
+        except (OSError, AttributeError):
+            _LIBC = False
+    if _LIBC:
+        _LIBC.malloc_trim(0)
+
+
+_LIBC = None
 
 
 def check_case_id(case_id: str) -> str:
