@@ -114,24 +114,21 @@ async def read_form(
     collector = _PartCollector()
     parser = MultipartParser(boundary, collector.callbacks())
     received = 0
-    chunks = request.stream()
+    loop = asyncio.get_running_loop()
     try:
-        while True:
-            try:
-                chunk = await asyncio.wait_for(chunks.__anext__(), pause_timeout)
-            except StopAsyncIteration:
-                break
-            except asyncio.TimeoutError:
-                raise RequestError(
-                    408,
-                    f"the upload stalled: nothing received for {pause_timeout:g} s",
-                    {"Connection": "close"},
-                ) from None
-            received += len(chunk)
-            if received > max_bytes:
-                raise _too_large(max_bytes)
-            parser.write(chunk)
+        async with asyncio.timeout(pause_timeout) as pause:  # one timer, moved on after every chunk
+            async for chunk in request.stream():
+                if pause_timeout is not None:
+                    pause.reschedule(loop.time() + pause_timeout)
+                received += len(chunk)
+                if received > max_bytes:
+                    raise _too_large(max_bytes)
+                parser.write(chunk)
         parser.finalize()
+    except TimeoutError:
+        raise RequestError(
+            408, f"the upload stalled: nothing received for {pause_timeout:g} s", {"Connection": "close"}
+        ) from None
     except FormParserError as err:
         raise RequestError(400, f"the multipart/form-data body is malformed ({err})") from None
     except ClientDisconnect:
