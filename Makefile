@@ -20,7 +20,15 @@ PORT ?= 8000
 serve: $(STAMP)
 	$(VENV)/bin/rmnet serve runs/demo --index runs/demo/index --port $(PORT)
 
-test: $(STAMP)
+test: lint
+	$(VENV)/bin/pytest
+
+# The linter alone: ruff's checks and its formatting, as `make test` runs them.
+lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
-	$(VENV)/bin/pytest
+
+# A quick benchmark (about a minute on 2 CPU cores): `rmnet demo` from scratch, timed, its table
+# written to results/demo/ (the README's demo numbers). The others: docs/benchmarks.md.
+bench: $(STAMP)
+	$(VENV)/bin/python -m benchmarks.demo

@@ -47,8 +47,10 @@ def test_help_explains_every_command_and_every_training_option(capsys):
         main(["train", "--help"])
     text = capsys.readouterr().out
     for field in dataclasses.fields(TrainConfig):
-        assert "--" + field.name.replace("_", "-") in text, field.name
+        flag = "--split" if field.name == "split_ratios" else "--" + field.name.replace("_", "-")
+        assert flag in text, field.name
     assert "(default: 0.01)" in text and "--no-rotate" in text
+    assert "random initialisation" in text and "every default below" not in text
 
 
 def test_every_config_field_has_a_command_line_option_that_sets_it():
@@ -359,3 +361,192 @@ def test_advice_after_removing_an_image_names_the_command_line_option_and_works(
     assert main([*prepare, "--ground-truth", str(tmp_path / "truth.csv")]) == 0
     out = capsys.readouterr().out
     assert "31 images in 4 classes" in out and f"--ground-truth {tmp_path / 'truth.csv'}" in out
+
+
+# -- a newcomer's second hour (issue 22) -------------------------------------------------------------
+
+
+def copy_data(source: Path, to: Path) -> Path:
+    shutil.copytree(source, to)
+    return to
+
+
+def test_train_refuses_a_folder_of_other_files_and_writes_nothing_there(lesions, tmp_path, capsys):
+    mine = tmp_path / "thesis"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("\\begin{document}")
+    (mine / "config.json").write_text('{"title": "my thesis"}')
+    argv = ["train", "--data", str(lesions), "--out", str(mine), "--epochs", "1", *TINY]
+    assert main(argv) == 1
+    assert_one_line_error(capsys, str(mine), "not an rmnet run", "empty or new folder")
+    assert (mine / "config.json").read_text() == '{"title": "my thesis"}'
+    assert sorted(p.name for p in mine.iterdir()) == ["config.json", "thesis.tex"]
+    (mine / "config.json").unlink()
+    assert main(argv) == 1  # any file but a run's: refused too
+    assert_one_line_error(capsys, "is not empty and has no config.json", "empty or new folder")
+    assert sorted(p.name for p in mine.iterdir()) == ["thesis.tex"]
+    seeds = ["train", "--data", str(lesions), "--out", str(mine), "--seeds", "0", "--epochs", "1", *TINY]
+    assert main(seeds) == 1  # OUT/seed-0 is new, but OUT is someone else's
+    assert_one_line_error(capsys, "empty or new folder")
+    assert sorted(p.name for p in mine.iterdir()) == ["thesis.tex"]
+
+
+def test_a_broken_test_image_is_found_when_training_starts_and_evaluate_takes_on_error(
+    lesions, tmp_path, capsys
+):
+    data = copy_data(lesions, tmp_path / "data")
+    table = load_image_table(data)
+    split = make_split(table)
+    broken = table.paths[split.test[0]]
+    broken.write_bytes(b"\x89PNG broken")
+    run = tmp_path / "run"
+    argv = ["train", "--data", str(data), "--out", str(run), "--epochs", "1", *TINY]
+    assert main(argv) == 1
+    assert_one_line_error(capsys, "1 of 24 images of the split", broken.name, "--on-error skip")
+    assert not run.exists()  # nothing written
+    assert main([*argv, "--on-error", "skip"]) == 0
+    assert [(r["id"], r["part"]) for r in json.loads((run / "skipped.json").read_text())["skipped"]] == [
+        (table.ids[split.test[0]], "test")
+    ]
+    capsys.readouterr()
+    evaluate = ["evaluate", str(run), "--sweep-step", "90", "--no-tsne", "--device", "cpu", "--workers", "0"]
+    assert main([*evaluate, "--quiet", "--on-error", "raise"]) == 1  # the run's choice, overridden
+    assert_one_line_error(capsys, broken.name, "--on-error skip")
+    assert main([*evaluate, "--quiet", "--on-error", "skip"]) == 0  # the option the message recommends
+    report = json.loads((run / "report" / "report.json").read_text())
+    assert report["data"]["images"] == len(split.test) - 1
+
+
+def test_on_error_and_other_choices_are_checked_by_the_command_line(capsys):
+    for argv in (
+        ["train", "--out", "x", "--on-error", "ignore"],
+        ["evaluate", "run", "--on-error", "ignore"],
+        ["prepare", "--data", "d", "--out", "c", "--on-error", "ignore"],
+        ["train", "--out", "x", "--optimizer", "adagrad"],
+    ):
+        with pytest.raises(SystemExit) as done:
+            build_parser().parse_args(argv)
+        assert done.value.code == 2
+        assert "invalid choice" in capsys.readouterr().err
+
+
+def test_small_data_says_how_many_images_suffice_and_split_ratios_help(tmp_path, capsys):
+    data = make_lesion_dataset(tmp_path / "six", n_per_class=6, size=20, num_classes=3)
+    run = tmp_path / "run"
+    argv = ["train", "--data", str(data), "--out", str(run), "--epochs", "1", *TINY]
+    assert main(argv) == 1
+    assert_one_line_error(
+        capsys, "validation set is empty", "at least 8 images", "smallest class has 6", "--split 0.6 0.2 0.2"
+    )
+    assert not run.exists()  # no config.json, no split.json left behind
+    assert main([*argv, "--split", "0.6", "0.2", "0.2"]) == 0
+    saved = json.loads((run / "split.json").read_text())
+    assert saved["ratios"] == [0.6, 0.2, 0.2] and saved["sizes"] == {"train": 12, "val": 3, "test": 3}
+    assert TrainConfig.from_json(run / "config.json").split_ratios == (0.6, 0.2, 0.2)
+    assert main([*argv, "--split", "0.5", "0.5"]) == 1
+    assert_one_line_error(capsys, "--split takes a split JSON file or three fractions")
+
+
+def test_resume_of_a_missing_folder_says_so(tmp_path, capsys):
+    assert main(["train", "--out", str(tmp_path / "nowhere"), "--resume"]) == 1
+    assert_one_line_error(capsys, "nothing to resume", "nowhere", "does not exist")
+    assert "--data" not in capsys.readouterr().err
+
+
+def test_a_cache_of_another_size_names_the_resize_option(lesions, tmp_path, capsys):
+    cache = tmp_path / "cache"
+    prepare = ["prepare", "--data", str(lesions), "--out", str(cache), "--resize", "18", "--workers", "1"]
+    assert main(prepare) == 0
+    capsys.readouterr()
+    argv = [
+        "train",
+        "--data",
+        str(lesions),
+        "--cache",
+        str(cache),
+        "--out",
+        str(tmp_path / "r"),
+        "--epochs",
+        "1",
+    ]
+    assert main([*argv, *TINY, "--resize", "20"]) == 1
+    assert_one_line_error(capsys, "short edge of 18 px, not 20", "--resize 18")
+    assert main([*prepare[:-4], "--resize", "20"]) == 1  # prepare into it at another size: the same
+    assert_one_line_error(capsys, "--resize 18")
+
+
+def test_workers_means_loader_processes_with_one_default_and_serve_names_its_threads(capsys):
+    from rmnet.cliargs import DEFAULT_WORKERS
+
+    parser = build_parser()
+    assert parser.parse_args(["evaluate", "run"]).workers == DEFAULT_WORKERS
+    assert parser.parse_args(["prepare", "--data", "d", "--out", "c"]).workers == DEFAULT_WORKERS
+    assert parser.parse_args(["index", "build", "run", "--index", "i"]).workers == DEFAULT_WORKERS
+    assert TrainConfig().workers == DEFAULT_WORKERS
+    serve = parser.parse_args(["serve", "run", "--index", "i", "--inference-threads", "3"])
+    assert serve.workers == 3 and "deprecated" not in capsys.readouterr().err
+    old = parser.parse_args(["serve", "run", "--index", "i", "--workers", "2"])
+    assert old.workers == 2
+    assert capsys.readouterr().err == "rmnet: warning: --workers is deprecated; use --inference-threads\n"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["serve", "--help"])
+    text = capsys.readouterr().out
+    assert "--inference-threads" in text and "--workers" not in text
+
+
+def test_progress_in_a_log_is_plain_lines_now_and_then_never_a_bar_stuck_at_zero(capsys):
+    import re
+
+    from rmnet.io import progress_bar
+
+    bar = progress_bar(range(4), "epoch 1", log_interval=0)  # stderr is captured: not a terminal
+    for _ in bar:
+        bar.set_postfix(loss="0.5000")
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 4 and "\r" not in "".join(lines)
+    assert re.fullmatch(r"epoch 1: 1/4 \(25%\), \d+ s, loss=0.5000", lines[0]), lines
+    assert re.fullmatch(r"epoch 1: 4/4 \(100%\), \d+ s, loss=0.5000", lines[3]), lines
+    assert list(progress_bar(range(3), "quick")) == [0, 1, 2]  # short work: no line at all
+    assert list(progress_bar(iter("ab"), "no length", log_interval=0)) == ["a", "b"]
+    no_length = capsys.readouterr().err.splitlines()
+    assert [re.sub(r"\d+ s", "S s", line) for line in no_length] == ["no length: 1, S s", "no length: 2, S s"]
+
+
+@pytest.mark.parametrize("ratios", [(0.8, 0.1, 0.1), (0.6, 0.2, 0.2), (0.7, 0.2, 0.1), (0.9, 0.1, 0.0)])
+def test_the_minimum_per_class_is_the_fewest_images_the_split_fills_every_part_with(ratios):
+    from rmnet.data import ImageTable
+    from rmnet.data.split import min_per_class
+
+    def parts_filled(n: int) -> bool:
+        table = ImageTable([f"i{i}" for i in range(n)], [Path(f"{i}.png") for i in range(n)],
+                           np.zeros(n, np.int64), ["only"], [None] * n)  # fmt: skip
+        split = make_split(table, ratios=ratios)
+        return bool(split.val) and (bool(split.test) or ratios[2] == 0)
+
+    needed = min_per_class(ratios)
+    assert parts_filled(needed) and not parts_filled(needed - 1)
+
+
+def test_a_runs_batches_do_not_depend_on_whether_stderr_is_a_terminal(monkeypatch):
+    """tqdm calls iter() on a DataLoader when the bar is made, which draws a shuffling seed: logs go
+    through a (disabled) tqdm too, so training in a log shuffles as on a terminal."""
+    import io
+
+    from torch.utils.data import DataLoader
+
+    from rmnet.io import progress_bar
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    loader = DataLoader(list(range(40)), batch_size=4, shuffle=True)
+    batches = {}
+    for where, stream in (("terminal", Terminal()), ("log", io.StringIO())):
+        monkeypatch.setattr(sys, "stderr", stream)
+        torch.manual_seed(0)
+        batches[where] = [batch.tolist() for batch in progress_bar(loader, "epoch 1")]
+        torch.manual_seed(0)
+        quiet = progress_bar(loader, "epoch 1", False)
+        batches[where + ", no progress"] = [batch.tolist() for batch in quiet]
+    assert len({str(value) for value in batches.values()}) == 1, batches

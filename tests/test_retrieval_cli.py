@@ -41,7 +41,7 @@ def run_dir(tmp_path_factory, lesion_root):
 @pytest.fixture(scope="module")
 def index_dir(run_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("indexes") / "train"
-    assert main(["index", "build", "--run", str(run_dir), "--out", str(out), "--device", "cpu"]) == 0
+    assert main(["index", "build", str(run_dir), "--index", str(out), "--device", "cpu"]) == 0
     return out
 
 
@@ -149,9 +149,9 @@ def test_an_index_is_refused_by_a_run_whose_model_differs(run_dir, index_dir, tm
 def test_build_refuses_to_replace_an_index_unless_told_to(run_dir, index_dir, tmp_path, capsys):
     out = tmp_path / "again"
     shutil.copytree(index_dir, out)
-    assert main(["index", "build", "--run", str(run_dir), "--out", str(out)]) == 1
+    assert main(["index", "build", str(run_dir), "--index", str(out)]) == 1
     assert "already holds an index" in capsys.readouterr().err
-    args = ["index", "build", "--run", str(run_dir), "--out", str(out), "--part", "test", "--overwrite"]
+    args = ["index", "build", str(run_dir), "--index", str(out), "--part", "test", "--overwrite"]
     assert main(args) == 0
     assert len(CodeIndex.open(out)) == len(Run(run_dir).split.test)
 
@@ -204,7 +204,7 @@ def test_build_prints_a_next_command_that_the_shell_reads_back_and_finds_moved_d
     moved = tmp_path / "moved data"
     shutil.copytree(lesion_root, moved)
     out = tmp_path / "my index"
-    assert main(["index", "build", "--run", str(run_dir), "--out", str(out), "--data", str(moved)]) == 0
+    assert main(["index", "build", str(run_dir), "--index", str(out), "--data", str(moved)]) == 0
     next_line = capsys.readouterr().out.splitlines()[-1]
     assert shlex.split(next_line.removeprefix("next: ")) == ["rmnet", "search", "IMAGE", "--index", str(out)]
     with CodeIndex.open(out) as index:
@@ -217,10 +217,7 @@ def test_build_refuses_data_that_lacks_the_images_of_the_runs_split(run_dir, les
     shutil.copytree(lesion_root, other)
     for path in list((other / "lobed").iterdir())[:2]:
         path.unlink()
-    assert (
-        main(["index", "build", "--run", str(run_dir), "--out", str(tmp_path / "i"), "--data", str(other)])
-        == 1
-    )
+    assert main(["index", "build", str(run_dir), "--index", str(tmp_path / "i"), "--data", str(other)]) == 1
     assert "images are not in this one" in capsys.readouterr().err
 
 
@@ -228,7 +225,7 @@ def test_an_index_built_through_the_cache_knows_the_originals(run_dir, tmp_path,
     out, cache = tmp_path / "cached-index", tmp_path / "cache"
     run = Run(run_dir)
     prepare_cache(run.table, cache, short_edge=run.config.resize_short_edge(), workers=1)  # `rmnet prepare`
-    assert main(["index", "build", "--run", str(run_dir), "--out", str(out), "--cache", str(cache)]) == 0
+    assert main(["index", "build", str(run_dir), "--index", str(out), "--cache", str(cache)]) == 0
     original = run.table.paths[run.split.train[0]]
     with CodeIndex.open(out) as index:
         hits = index.search(index.codes()[:1], 1, model_fingerprint=index.model.fingerprint)[0]
@@ -287,9 +284,35 @@ def test_build_reports_byte_identical_images_within_the_data_set(run_dir, lesion
     original, duplicate = (copy / run.table.paths[i].relative_to(lesion_root) for i in (first, second))
     duplicate.write_bytes(original.read_bytes())  # one image stored twice under two ids
     out = tmp_path / "index"
-    assert main(["index", "build", "--run", str(run_dir), "--out", str(out), "--data", str(copy)]) == 0
+    assert main(["index", "build", str(run_dir), "--index", str(out), "--data", str(copy)]) == 0
     captured = capsys.readouterr()
     ids = run.table.ids
     assert f"skipped {ids[second]}: same file content as {ids[first]}" in captured.err
     assert "1 image is a byte-identical copy of another in the train split" in captured.out
     assert len(CodeIndex.open(out)) == len(run.split.train) - 1
+
+
+def test_build_takes_the_run_as_its_first_argument_and_the_old_spelling_still_works(
+    run_dir, tmp_path, capsys
+):
+    old = tmp_path / "old"
+    assert main(["index", "build", "--run", str(run_dir), "--out", str(old), "--part", "val"]) == 0
+    err = capsys.readouterr().err
+    assert "rmnet: warning: --run is deprecated; use RUN" in err
+    assert "rmnet: warning: --out is deprecated; use --index INDEX" in err
+    assert len(CodeIndex.open(old)) == len(Run(run_dir).split.val)
+    new = tmp_path / "new"
+    assert main(["index", "build", str(run_dir), "--index", str(new), "--part", "val"]) == 0
+    assert "deprecated" not in capsys.readouterr().err
+    assert main(["index", "build", str(run_dir)]) == 1
+    assert "rmnet index build RUN --index INDEX" in capsys.readouterr().err
+    assert main(["index", "build", str(run_dir), "--run", str(run_dir), "--index", str(tmp_path / "x")]) == 1
+    assert "give the run once" in capsys.readouterr().err
+
+
+def test_build_workers_default_is_the_one_of_every_data_command():
+    from rmnet.cliargs import DEFAULT_WORKERS
+
+    parser = argparse.ArgumentParser(prog="rmnet")
+    add_commands(parser.add_subparsers(dest="command"))
+    assert parser.parse_args(["index", "build", "r", "--index", "i"]).workers == DEFAULT_WORKERS

@@ -15,7 +15,6 @@ import argparse
 import contextlib
 import dataclasses
 import json
-import os
 import shlex
 import sys
 import typing
@@ -24,7 +23,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from rmnet import __version__
-from rmnet.config import TrainConfig
+from rmnet.cliargs import ON_ERROR, add_on_error, add_workers
+from rmnet.config import OPTIMIZERS, RM_PADDINGS, VAL_METRICS, TrainConfig
 from rmnet.io import format_percent
 from rmnet.retrieval.cli import add_commands as add_retrieval_commands
 from rmnet.service.cli import add_serve_command  # argparse only: the service loads when run
@@ -66,23 +66,21 @@ def add_prepare_command(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--ground-truth", help="ISIC ground-truth CSV (default: found in DATA)")
     parser.add_argument("--metadata", help="ISIC metadata CSV with lesion_id (default: found in DATA)")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel image workers")
-    parser.add_argument(
-        "--on-error",
-        choices=("raise", "skip"),
-        default="raise",
-        help="an unreadable image: raise (stop after caching the others, naming it) or skip (name it, "
+    add_workers(parser, "processes resizing images")
+    add_on_error(
+        parser,
+        "an unreadable image: raise (stop after caching the others, naming it) or skip (name it, "
         "list it in OUT/skipped.json and leave it out; train with --on-error skip too)",
     )
     parser.set_defaults(run=run_prepare)
 
 
 def run_prepare(args: argparse.Namespace) -> None:
-    from rmnet.data import SKIPPED_FILE, load_image_table, prepare_cache
+    from rmnet.data import SKIPPED_FILE, load_image_table
+    from rmnet.runs import cache_images
 
     table = load_image_table(args.data, ground_truth=args.ground_truth, metadata=args.metadata)
-    options = dict(short_edge=args.resize, workers=args.workers, on_error=args.on_error)
-    cached = prepare_cache(table, args.out, **options)
+    cached = cache_images(table, args.out, args.resize, on_error=args.on_error, workers=args.workers)
     skipped = len(cached.unreadable)
     print(
         f"{len(cached) - skipped} images in {len(cached.class_names)} classes cached in {args.out}"
@@ -103,8 +101,11 @@ def add_train_command(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "train",
         help="train a model; writes a run folder",
-        description="Train a classifier with the paper's recipe (every default below) and write a run "
-        "folder: config.json, split.json, metrics.csv, checkpoints/best.pt and last.pt. Several GPUs: "
+        description="Train a classifier and write a run folder: config.json, split.json, metrics.csv, "
+        "checkpoints/best.pt and last.pt (OUT must be new, empty, or a run folder). The defaults below "
+        "are the paper's optimisation (SGD, 60 epochs, the step schedule) from random initialisation; "
+        "the paper starts from ImageNet weights: --recipe paper for its whole recipe, or --pretrained "
+        "imagenet. Every image of the split is checked before anything is written. Several GPUs: "
         "torchrun --nproc-per-node N -m rmnet train ...",
         formatter_class=DefaultsFormatter,
     )
@@ -118,7 +119,9 @@ def add_train_command(commands: argparse._SubParsersAction) -> None:
         help="start from the paper's recipe for --arch: ImageNet weights, 60 epochs (80 with --hash-bits), "
         "the architecture's input size; options given explicitly still override it",
     )
-    parser.add_argument("--resume", action="store_true", help="continue an interrupted run from last.pt")
+    parser.add_argument(
+        "--resume", action="store_true", help="continue the interrupted run in OUT from its last.pt"
+    )
     parser.add_argument(
         "--seeds", type=int, nargs="+", help="train once per seed into OUT/seed-S (mean ± SD)"
     )
@@ -133,6 +136,19 @@ def add_config_options(parser: argparse._ActionsContainer) -> None:
     hints = typing.get_type_hints(TrainConfig)
     defaults = TrainConfig()
     for field in dataclasses.fields(TrainConfig):
+        if field.name == "split_ratios":  # given as --split TRAIN VAL TEST
+            continue
+        if field.name == "split":
+            parser.add_argument(
+                "--split",
+                dest="split",
+                nargs="+",
+                metavar="JSON | TRAIN VAL TEST",
+                default=argparse.SUPPRESS,
+                help="a split JSON file to reuse (another run's split.json), or the fractions of every "
+                "class in train, validation and test (default: 0.8 0.1 0.1)",
+            )
+            continue
         flag = "--" + field.name.replace("_", "-")
         kind = hints[field.name]
         options: dict = dict(dest=field.name, default=argparse.SUPPRESS)
@@ -140,10 +156,36 @@ def add_config_options(parser: argparse._ActionsContainer) -> None:
         help_text = field.metadata["help"] + (f" (default: {default})" if default not in (None, {}) else "")
         if kind in (bool, bool | None):
             options["action"] = argparse.BooleanOptionalAction
+        elif field.name in FIELD_CHOICES:
+            options["choices"] = FIELD_CHOICES[field.name]
         else:
             options["type"] = _parser_for(kind)
             options["metavar"] = field.name.upper()
         parser.add_argument(flag, help=help_text.replace("%", "%%"), **options)
+
+
+FIELD_CHOICES = {
+    "on_error": ON_ERROR,
+    "optimizer": OPTIMIZERS,
+    "val_metric": VAL_METRICS,
+    "rm_padding": RM_PADDINGS,
+}
+
+
+def split_option(values: list[str]) -> dict[str, object]:
+    """``--split FILE`` (a split to reuse) or ``--split TRAIN VAL TEST`` (the fractions) as config fields."""
+    if len(values) == 1:
+        return {"split": values[0]}
+    try:
+        ratios = tuple(float(v) for v in values)
+    except ValueError:
+        ratios = ()
+    if len(ratios) != 3:
+        raise ValueError(
+            f"--split takes a split JSON file or three fractions TRAIN VAL TEST (e.g. --split 0.8 0.1 0.1), "
+            f"got {' '.join(values)}"
+        )
+    return {"split_ratios": ratios}
 
 
 def _parser_for(kind: object) -> Callable[[str], object]:
@@ -174,6 +216,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         seeded = (Path(args.out) / f"seed-{seed}" / "config.json" for seed in args.seeds)
         saved = next((path for path in seeded if path.is_file()), saved)
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
+    if "split" in given:
+        given |= split_option(given.pop("split"))
     if args.config:
         config = TrainConfig.from_json(args.config)
     elif args.resume and saved.is_file():
@@ -189,6 +233,11 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 def run_train(args: argparse.Namespace) -> None:
     from rmnet.train import repeat, train
 
+    if args.resume and not Path(args.out).is_dir():
+        raise FileNotFoundError(
+            f"nothing to resume: {args.out} does not exist (start the run without --resume, or give the "
+            "folder of the interrupted run as --out)"
+        )
     config = config_from_args(args)
     if args.seeds:
         run_dirs = repeat(config, args.out, args.seeds, resume=args.resume, progress=not args.quiet)
@@ -231,8 +280,12 @@ def add_evaluate_command(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the random angles and t-SNE")
     parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
     parser.add_argument("--device", default="auto", help="cuda, cpu ...; auto picks CUDA when available")
-    parser.add_argument(
-        "--workers", type=int, default=min(8, os.cpu_count() or 1), help="data-loading workers"
+    add_workers(parser)
+    add_on_error(
+        parser,
+        "an unreadable image: raise (stop, naming it) or skip (name it and leave it out) "
+        "(default: the run's own --on-error)",
+        default=None,
     )
     parser.add_argument(
         "--retrieval-k", type=int, default=10, help="top-k of the retrieval metrics (hash models)"
@@ -276,7 +329,7 @@ def run_evaluate(args: argparse.Namespace) -> None:
         return
     if args.out:
         raise ValueError("--out goes with a checkpoint file; a run's report is written to RUN/report")
-    relocated = dict(data=args.data, cache=args.cache)
+    relocated = dict(data=args.data, cache=args.cache, on_error=args.on_error)
     if target.is_dir() and not (target / "config.json").exists() and any(target.glob("*/config.json")):
         evaluate.evaluate_repeats(
             target,
@@ -307,7 +360,7 @@ def evaluate_checkpoint_file(path: Path, args: argparse.Namespace, options: dict
     transform = build_transform(False, config.input_size(), resize=config.resize_short_edge())
     out = Path(args.out) if args.out else path.parent / f"report-{path.stem}"
     description = {"arch": config.arch, "rm": config.rm, "checkpoint": str(path), "data": args.data}
-    dataset = ImageDataset(table, list(range(len(table))), transform)
+    dataset = ImageDataset(table, list(range(len(table))), transform, on_error=args.on_error or "raise")
     evaluate_model(model, dataset, class_names, out, title=path.stem, description=description, **options)
     return out
 
@@ -349,7 +402,13 @@ def add_demo_command(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--k", type=_positive_int, default=4, help="rotations in RM: 4 (exact, 90°) or 8 (45°, slower)"
     )
-    parser.add_argument("--workers", type=int, default=0, help="data-loading workers")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="data-loading worker processes (default: 0, unlike the other commands: the demo's images "
+        "are tiny, and its numbers were measured loading in the main process)",
+    )
     parser.set_defaults(run=run_demo)
 
 

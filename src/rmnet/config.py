@@ -94,6 +94,9 @@ class TrainConfig:
         None, "folder of resized copies of the images, made on first use (rmnet prepare)"
     )
     split: str | None = _option(None, "split JSON to reuse (default: a new stratified 8:1:1 split)")
+    split_ratios: tuple[float, float, float] = _option(
+        (0.8, 0.1, 0.1), "fractions of every class in train, validation and test (--split 0.8 0.1 0.1)"
+    )
     split_seed: int = _option(0, "seed of the 8:1:1 split (kept fixed across --seeds)")
     group_by_lesion: bool = _option(False, "keep all images of a lesion_id in one part of the split")
     on_error: str = _option("raise", "an unreadable image: raise (stop, naming it) or skip (leave it out)")
@@ -114,6 +117,17 @@ class TrainConfig:
             raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.rm_padding not in RM_PADDINGS:
             raise ValueError(f"rm_padding must be one of {', '.join(RM_PADDINGS)}, got {self.rm_padding!r}")
+        ratios = self.split_ratios
+        try:
+            self.split_ratios = tuple(float(r) for r in ratios)
+        except (TypeError, ValueError):
+            raise ValueError(f"split_ratios must be three numbers, got {ratios!r}") from None
+        train, val, test = self.split_ratios if len(self.split_ratios) == 3 else (0, 0, 0)
+        if not (train > 0 and val > 0 and test >= 0 and abs(train + val + test - 1) < 1e-6):
+            raise ValueError(
+                f"split_ratios must be three fractions (train, validation > 0; test >= 0) summing to 1, "
+                f"e.g. 0.8 0.1 0.1; got {' '.join(f'{r:g}' for r in self.split_ratios)}"
+            )
         if self.on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {self.on_error!r}")
         for name in ("epochs", "batch_size", "image_size", "resize", "lr_step", "k"):

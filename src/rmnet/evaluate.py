@@ -274,8 +274,9 @@ def evaluate_repeats(parent_dir: str | os.PathLike, **options: Any) -> dict[str,
     run_dirs = sorted(p for p in parent.iterdir() if (p / "config.json").is_file())
     if not run_dirs:
         raise FileNotFoundError(f"{parent} holds no run folders (sub-folders with a config.json)")
-    relocated = {key: options.pop(key) for key in ("data", "cache") if options.get(key) is not None}
-    options = {k: v for k, v in options.items() if k not in ("data", "cache")}
+    moved = ("data", "cache", "on_error")  # Run's options
+    relocated = {key: options.pop(key) for key in moved if options.get(key) is not None}
+    options = {k: v for k, v in options.items() if k not in moved}
     checkpoint = options.pop("checkpoint", "best")
     reports = [evaluate_run(Run(d, checkpoint=checkpoint, **relocated), **options) for d in run_dirs]
     aggregate = aggregate_reports(reports)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -81,8 +82,51 @@ def format_percent(value: float | None, digits: int = 2) -> str:
     return f"{100 * value:.{digits}f}"
 
 
-def progress_bar(iterable: Iterable, desc: str, enabled: bool = True, **options: Any) -> Iterable:
-    """A tqdm bar on a terminal; nothing in a log file or a pipe (no carriage-return noise)."""
+LOG_PROGRESS_INTERVAL = 30.0  # seconds between progress lines in a log file or a pipe
+
+
+def progress_bar(
+    iterable: Iterable, desc: str, enabled: bool = True, *, log_interval: float | None = None, **options: Any
+) -> Iterable:
+    """A tqdm bar on a terminal; in a log file or a pipe (no carriage-return noise there), a plain line
+    every ``log_interval`` seconds (default :data:`LOG_PROGRESS_INTERVAL`), none for shorter work.
+
+    The items always come through a tqdm object (a disabled one off a terminal): tqdm.auto's calls
+    ``iter(iterable)`` when it is made, and a DataLoader draws its shuffling seed then, so a run's
+    batches must not depend on whether stderr is a terminal.
+    """
     from tqdm.auto import tqdm
 
-    return tqdm(iterable, desc=desc, leave=False, disable=not (enabled and sys.stderr.isatty()), **options)
+    terminal = sys.stderr.isatty()
+    bar = tqdm(iterable, desc=desc, leave=False, disable=not (enabled and terminal), **options)
+    if not enabled or terminal:
+        return bar
+    interval = LOG_PROGRESS_INTERVAL if log_interval is None else log_interval
+    return LogProgress(bar, desc, interval=interval, total=bar.total)
+
+
+class LogProgress:
+    """Progress as lines for a log: "DESC: N/TOTAL (P%), S s, POSTFIX" every ``interval`` seconds.
+
+    Iterates like the iterable; ``set_postfix`` (as tqdm's) adds values such as the running loss."""
+
+    def __init__(self, iterable: Iterable, desc: str, *, interval: float, total: int | None = None) -> None:
+        self.iterable, self.desc, self.interval = iterable, desc, interval
+        self.total = total
+        self.postfix = ""
+
+    def __iter__(self):
+        start = last = time.monotonic()
+        for done, item in enumerate(self.iterable, 1):
+            yield item
+            now = time.monotonic()
+            if now - last >= self.interval:
+                print(self.line(done, now - start), file=sys.stderr, flush=True)
+                last = now
+
+    def line(self, done: int, elapsed: float) -> str:
+        of = f"/{self.total} ({100 * done / self.total:.0f}%)" if self.total else ""
+        return f"{self.desc}: {done}{of}, {elapsed:.0f} s" + (f", {self.postfix}" if self.postfix else "")
+
+    def set_postfix(self, **values: Any) -> None:
+        self.postfix = ", ".join(f"{key}={value}" for key, value in values.items())

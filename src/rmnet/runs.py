@@ -14,6 +14,7 @@ Every file is written to a temporary name and renamed, so an interruption never 
 from __future__ import annotations
 
 import functools
+import json
 import os
 import zipfile
 from collections.abc import Sequence
@@ -33,6 +34,7 @@ from rmnet.data import (
     load_split,
     prepare_cache,
 )
+from rmnet.data.cache import CACHE_MANIFEST
 from rmnet.io import atomic_write
 from rmnet.models import ImageClassifier
 
@@ -100,7 +102,32 @@ def load_table(config: TrainConfig) -> ImageTable:
     table = load_image_table(config.data, ground_truth=config.ground_truth, metadata=config.metadata)
     if config.cache is None:
         return table
-    return prepare_cache(table, config.cache, short_edge=config.resize_short_edge(), on_error=config.on_error)
+    return cache_images(table, config.cache, config.resize_short_edge(), on_error=config.on_error)
+
+
+def cache_images(
+    table: ImageTable,
+    cache: str | os.PathLike,
+    short_edge: int,
+    *,
+    on_error: str = "raise",
+    workers: int | None = None,
+) -> ImageTable:
+    """``prepare_cache``, refusing up front a cache made at another size with an error that names
+    ``--resize`` (the option that sets the size) rather than the cache's manifest."""
+    manifest = Path(cache) / CACHE_MANIFEST
+    if manifest.is_file():
+        try:
+            made = json.loads(manifest.read_text()).get("short_edge")
+        except (OSError, ValueError, AttributeError):
+            made = None  # prepare_cache names what is wrong with the file
+        if made is not None and made != short_edge:
+            raise ValueError(
+                f"the cache {cache} holds images resized to a short edge of {made} px, not {short_edge}: "
+                f"pass --resize {made} to use it (train's --resize, or its default for --image-size), or "
+                f"give another --cache folder for {short_edge} px"
+            )
+    return prepare_cache(table, cache, short_edge=short_edge, on_error=on_error, workers=workers)
 
 
 def split_dataset(
@@ -121,7 +148,8 @@ class Run:
     """An existing run folder: its config, split, data, checkpoints and per-epoch metrics.
 
     ``data``, ``cache``, ``ground_truth`` and ``metadata`` point the run at data that moved since
-    training (checked against the split's image ids); ``checkpoint`` picks best.pt or last.pt.
+    training (checked against the split's image ids); ``checkpoint`` picks best.pt or last.pt;
+    ``on_error`` ("raise" or "skip") overrides what the run does with an unreadable image.
     """
 
     def __init__(
@@ -129,6 +157,7 @@ class Run:
         run_dir: str | os.PathLike,
         *,
         checkpoint: str = "best",
+        on_error: str | None = None,
         **relocated: str | os.PathLike | None,
     ) -> None:
         self.dir = Path(run_dir)
@@ -146,7 +175,9 @@ class Run:
         unknown = sorted(set(relocated) - set(RELOCATABLE))
         if unknown:
             raise TypeError(f"Run() got unknown option(s) {', '.join(unknown)}")
-        self.which = checkpoint
+        if on_error not in (None, "raise", "skip"):
+            raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        self.which, self.on_error = checkpoint, on_error
         self.relocated = {key: str(Path(v).resolve()) for key, v in relocated.items() if v is not None}
 
     def __repr__(self) -> str:
@@ -155,7 +186,8 @@ class Run:
     @functools.cached_property
     def config(self) -> TrainConfig:
         """The run's TrainConfig, with the data paths given to the constructor."""
-        return TrainConfig.from_json(self.dir / CONFIG_FILE).replace(**self.relocated)
+        config = TrainConfig.from_json(self.dir / CONFIG_FILE).replace(**self.relocated)
+        return config if self.on_error is None else config.replace(on_error=self.on_error)
 
     @functools.cached_property
     def split(self) -> Split:

@@ -20,6 +20,7 @@ import os
 import random
 import sys
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +36,19 @@ from tqdm.auto import tqdm
 
 from rmnet import __version__
 from rmnet.config import TrainConfig, build_model
-from rmnet.data import SKIPPED_FILE, load_split, make_split, save_skipped, save_split
+from rmnet.data import (
+    SKIPPED_FILE,
+    ImageDataset,
+    ImageTable,
+    Split,
+    load_split,
+    make_split,
+    save_skipped,
+    save_split,
+)
+from rmnet.data.files import refuse_foreign_folder
+from rmnet.data.images import SkippedImageWarning, UnreadableImageError
+from rmnet.data.split import PARTS, min_per_class
 from rmnet.io import progress_bar
 from rmnet.metrics.classification import classification_report, predict_labels
 from rmnet.models import model_entry
@@ -484,6 +497,7 @@ def train(
         raise ValueError(
             "no training data: set --data (an ISIC 2019 folder, a folder of class folders or a CSV)"
         )
+    check_run_folder(out_dir)
     config = config.replace(**{key: str(Path(v).resolve()) for key in RELOCATABLE + ("split",)
                                 if (v := getattr(config, key)) is not None})  # fmt: skip
     last = out_dir / LAST_CHECKPOINT
@@ -505,26 +519,34 @@ def train(
     elif config.split is not None:
         split = load_split(config.split, table)
     else:
-        split = make_split(table, seed=config.split_seed, group_by_lesion=config.group_by_lesion)
+        split = make_split(
+            table, seed=config.split_seed, ratios=config.split_ratios, group_by_lesion=config.group_by_lesion
+        )
+    check_split_sizes(split, table, config)
 
     torch.manual_seed(config.seed)
     model = build_model(config, table.num_classes)  # a bad --arch/--rm fails here, before anything is written
     is_main = int(os.environ.get("RANK", 0)) == 0
+    if config.on_error == "raise":
+        check_images(table, split)  # every part's images, test included: not found only at evaluation
+    train_set = split_dataset(config, table, split, "train", train=True)
+    val_set = split_dataset(config, table, split, "val", train=False)
+    test_set = split_dataset(config, table, split, "test", train=False) if config.on_error == "skip" else None
+    for name, dataset in (("training", train_set), ("validation", val_set)):
+        if len(dataset) == 0:  # every image of the part was unreadable and skipped
+            raise ValueError(f"the {name} set is empty: its images are all unreadable (listed above)")
     if is_main and config.pretrained is None and entry.preset and entry.preset.weights:
         print(
             f"note: {config.arch} starts from random weights; the paper starts from ImageNet "
             "(--pretrained imagenet, or --recipe paper)",
             file=sys.stderr,
         )
-    if is_main:
+    if is_main:  # everything is checked: the run folder is written from here on
         out_dir.mkdir(parents=True, exist_ok=True)
         config.to_json(out_dir / CONFIG_FILE)
         if not (resume and (out_dir / SPLIT_FILE).is_file()):
             save_split(split, out_dir / SPLIT_FILE)
-    train_set = split_dataset(config, table, split, "train", train=True)
-    val_set = split_dataset(config, table, split, "val", train=False)
-    if is_main and config.on_error == "skip":  # the images left out (each also named in a warning)
-        test_set = split_dataset(config, table, split, "test", train=False)  # checked now, not at evaluation
+    if is_main and test_set is not None:  # the images left out (each also named in a warning)
         parts = {"train": train_set, "val": val_set, "test": test_set}
         save_skipped(out_dir / SKIPPED_FILE, {part: dataset.skipped for part, dataset in parts.items()})
     return fit(
@@ -539,6 +561,75 @@ def train(
     )
 
 
+def check_run_folder(out_dir: Path) -> None:
+    """Refuse a folder that holds files but is not an rmnet run (no config.json of a TrainConfig):
+    training writes config.json, split.json… and must never overwrite a user's files of those names."""
+    refuse_foreign_folder(out_dir, CONFIG_FILE)
+    if (out_dir / CONFIG_FILE).is_file():
+        try:
+            TrainConfig.from_json(out_dir / CONFIG_FILE)
+        except (ValueError, TypeError, OSError) as err:
+            raise ValueError(
+                f"{out_dir} is not an rmnet run: its {CONFIG_FILE} is not a TrainConfig ({err}); "
+                "choose an empty or new folder"
+            ) from None
+
+
+def check_runs_folder(out_dir: Path) -> None:
+    """Refuse a folder of runs (``--seeds``) that holds anything but seed-S runs and their report."""
+    if not out_dir.is_dir():
+        return
+    foreign = sorted(
+        p.name
+        for p in out_dir.iterdir()
+        if not (p.is_dir() and (p.name.startswith("seed-") or p.name == "report"))
+    )
+    if foreign:
+        raise ValueError(
+            f"{out_dir} holds files that are not rmnet runs ({', '.join(foreign[:3])}); with --seeds, --out "
+            "is a folder of seed-S runs: choose an empty or new folder"
+        )
+
+
+def check_split_sizes(split: Split, table: ImageTable, config: TrainConfig) -> None:
+    """An empty training or validation part is an error that says how many images per class the
+    split needs and how to change it, before anything is written. (An empty test part trains; only
+    ``rmnet evaluate`` needs one.)"""
+    empty = [name for name in ("train", "val") if not split.part(name)]
+    if not empty:
+        return
+    ratios = " ".join(f"{r:g}" for r in split.ratios)
+    unit = "lesions" if split.group_by_lesion else "images"
+    smallest = min(np.bincount(table.labels, minlength=table.num_classes))
+    needed = min_per_class(split.ratios)
+    alternative = (0.6, 0.2, 0.2)
+    names = {"train": "training", "val": "validation"}
+    raise ValueError(
+        f"the {' and '.join(names[n] for n in empty)} set{'s are' if len(empty) > 1 else ' is'} empty: "
+        f"split {ratios}, each class needs at least {needed} {unit} (the smallest class has {smallest} "
+        f"images); give more images, or another split: --split {' '.join(f'{r:g}' for r in alternative)} "
+        f"needs {min_per_class(alternative)} per class. Nothing was written"
+    )
+
+
+def check_images(table: ImageTable, split: Split) -> None:
+    """Decode every image of the split once (all three parts); one error naming those that cannot be
+    read, so that a broken test image is found when a run starts, not at evaluation."""
+    indices = np.concatenate([np.asarray(split.part(name), dtype=np.int64) for name in PARTS])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SkippedImageWarning)
+        checked = ImageDataset(table, indices, on_error="skip")
+    if checked.skipped:
+        listed = "; ".join(
+            f"cannot read image {image.path} ({image.reason})" for image in checked.skipped[:3]
+        )
+        more = f" (and {len(checked.skipped) - 3} more)" if len(checked.skipped) > 3 else ""
+        raise UnreadableImageError(
+            f"{len(checked.skipped)} of {len(indices)} images of the split cannot be read: {listed}{more}; "
+            "replace them, or pass --on-error skip to leave them out. Nothing was written"
+        )
+
+
 def repeat(
     config: TrainConfig,
     out_dir: str | os.PathLike,
@@ -548,6 +639,7 @@ def repeat(
     progress: bool = True,
 ) -> list[Path]:
     """Train once per seed into ``out_dir/seed-S`` (same split), for results reported as mean ± SD."""
+    check_runs_folder(Path(out_dir))
     run_dirs = []
     for seed in seeds:
         run_dir = Path(out_dir) / f"seed-{seed}"

@@ -14,6 +14,7 @@ from rmnet.io import TEMPORARY_PATTERN, atomic_write, temporary_path
 __all__ = [
     "TEMPORARY_PATTERN",
     "claim_folder",
+    "refuse_foreign_folder",
     "remove_abandoned_temporaries",
     "save_image_atomically",
     "temporary_path",
@@ -46,17 +47,24 @@ def _running(pid: int) -> bool:
     return True
 
 
+def refuse_foreign_folder(folder: Path, manifest_name: str) -> None:
+    """Refuse a folder that holds files but no ``manifest_name``: someone else's files, which a
+    command must not write among (nor overwrite)."""
+    if (folder / manifest_name).exists() or not folder.exists():
+        return
+    if not folder.is_dir():
+        raise NotADirectoryError(f"{folder} is a file, not a folder; choose an empty or new folder")
+    if any(not fnmatch(p.name, TEMPORARY_PATTERN) for p in folder.iterdir()):
+        raise ValueError(f"{folder} is not empty and has no {manifest_name}; choose an empty or new folder")
+
+
 def claim_folder(folder: Path, manifest_name: str, recipe: dict) -> None:
     """Record ``recipe`` in ``folder/manifest_name``; refuse a folder made with another recipe, or
     one holding other files, so that files made in different ways never mix. Safe when several
     processes (e.g. torchrun ranks) claim the same folder at once: the first manifest wins."""
     manifest = folder / manifest_name
     if not manifest.exists():
-        others = folder.exists() and any(not fnmatch(p.name, TEMPORARY_PATTERN) for p in folder.iterdir())
-        if others and not manifest.exists():
-            raise ValueError(
-                f"{folder} is not empty and has no {manifest_name}; choose an empty or new folder"
-            )
+        refuse_foreign_folder(folder, manifest_name)
         folder.mkdir(parents=True, exist_ok=True)
         temporary = temporary_path(manifest)
         temporary.write_text(json.dumps(recipe, indent=1) + "\n")

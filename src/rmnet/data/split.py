@@ -83,6 +83,19 @@ def make_split(
     )
 
 
+def min_per_class(ratios: Sequence[float], max_units: int = 10_000) -> int:
+    """The fewest images (lesions, with ``group_by_lesion``) one class needs so that, split in
+    ``ratios`` by :func:`make_split`, it puts at least one in validation and, when its ratio is not
+    0, one in test: what a data set too small for its split is told."""
+    bounds = np.cumsum([float(r) for r in ratios])[:2]
+    for n in range(1, max_units + 1):
+        where = np.searchsorted(bounds, (np.arange(n) + 0.5) / n, side="right")
+        where[:1] = 0
+        if (where == 1).any() and ((where == 2).any() or float(ratios[2]) == 0):
+            return n
+    return max_units
+
+
 def _units(table: ImageTable, group_by_lesion: bool) -> list[list[int]]:
     """What the split moves as a whole: single images, or all images of one lesion."""
     if not group_by_lesion:

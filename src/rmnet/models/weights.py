@@ -60,7 +60,8 @@ def resolve_weights(pretrained: str | os.PathLike | None, weights: Weights | Non
             raise FileNotFoundError(
                 f"ImageNet weights for {arch} are not in the torch hub cache: {path} is missing. rmnet "
                 f"never downloads: copy torchvision's file {weights.filename} there (or set TORCH_HOME), "
-                "or give --pretrained PATH to a state_dict file."
+                "or give a state_dict file instead (pretrained=PATH in Python, --pretrained PATH on the "
+                "command line)."
             )
         return path
     path = Path(pretrained)

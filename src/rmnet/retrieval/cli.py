@@ -1,13 +1,16 @@
 """The `rmnet index` and `rmnet search` commands (argparse), added to the main CLI by add_commands.
 
-    rmnet index build --run RUN --out INDEX [--part train] [--data DATA] [--cache CACHE]
+    rmnet index build RUN --index INDEX [--part train] [--data DATA] [--cache CACHE]
     rmnet index add --index INDEX IMAGE_OR_FOLDER... --label CLASS
     rmnet index info --index INDEX
     rmnet search IMAGE... --index INDEX [--top-k 10] [--gallery out.png]
 
-One vocabulary with the other commands: ``--run`` is a run folder, ``--out`` the folder a
-command writes, ``--data``/``--cache`` the images and their resized copies, ``--index`` an index
-folder (read or extended); ``--top-k`` is the number of results (``--k`` means rotations elsewhere).
+One vocabulary with the other commands (rmnet.cliargs): the run a command works from is its
+positional RUN (as in ``evaluate`` and ``serve``; where a run is only an optional override of the
+index's own, ``add`` and ``search``, it is ``--run RUN``), ``--index`` an index folder whether it
+is built, extended or read, ``--data``/``--cache`` the images and their resized copies;
+``--top-k`` is the number of results (``--k`` means rotations elsewhere). ``index build --run RUN
+--out INDEX`` still works, with a deprecation line.
 
 Importing this module loads neither PyTorch nor FAISS (nor scikit-learn, matplotlib): the
 commands import them when they run, so ``rmnet --help`` answers at once. Each command sets
@@ -23,6 +26,8 @@ import json
 import shlex
 import sys
 from pathlib import Path
+
+from rmnet.cliargs import DeprecatedOption, add_workers
 
 PARTS = ("train", "val", "test")
 RANKINGS = ("cosine", "hamming")  # = rmnet.metrics.retrieval.METRICS (not imported: stays light)
@@ -45,10 +50,16 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         "index. The paper's database is the training set. When the run reads a resized cache, the "
         "index stores the original files (paths and content hashes) beside the cached copies.",
     )
-    _add_run_option(
-        build, "run folder (from `rmnet train`) whose model embeds and whose split lists the images"
+    build.add_argument(
+        "run_dir",
+        metavar="RUN",
+        type=Path,
+        nargs="?",
+        help="run folder (from `rmnet train`) whose model embeds and whose split lists the images",
     )
-    build.add_argument("--out", metavar="INDEX", type=Path, required=True, help="folder of the new index")
+    build.add_argument("--run", dest="run_option", type=Path, action=DeprecatedOption, replacement="RUN")
+    build.add_argument("--index", metavar="INDEX", type=Path, help="folder of the new index (required)")
+    build.add_argument("--out", dest="index", type=Path, action=DeprecatedOption, replacement="--index INDEX")
     build.add_argument(
         "--data",
         metavar="DATA",
@@ -74,9 +85,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         default="cosine",
         help="default ranking of searches: cosine on the real codes (the paper's) or hamming on their signs",
     )
-    build.add_argument("--overwrite", action="store_true", help="replace an index already in --out")
+    build.add_argument("--overwrite", action="store_true", help="replace an index already in --index")
     _add_runtime_options(build)
-    build.add_argument("--workers", type=int, default=0, help="data-loading worker processes (default: 0)")
+    add_workers(build)
     build.set_defaults(run=run_index_build)
 
     add = commands.add_parser(
@@ -150,9 +161,16 @@ def run_index_build(args: argparse.Namespace) -> None:
     from rmnet.io import resolve_device
     from rmnet.retrieval.search import build_index
 
+    if args.run_dir is not None and args.run_option is not None:
+        raise ValueError("give the run once: rmnet index build RUN --index INDEX")
+    args.run_dir = args.run_dir or args.run_option
+    if args.run_dir is None or args.index is None:
+        raise ValueError(
+            "rmnet index build needs the run and the index folder: rmnet index build RUN --index INDEX"
+        )
     index, added, unreadable = build_index(
         args.run_dir,
-        args.out,
+        args.index,
         part=args.part,
         checkpoint=args.checkpoint,
         metric=args.metric,
@@ -177,7 +195,7 @@ def run_index_build(args: argparse.Namespace) -> None:
         print(
             f"{len(duplicates)} {copies} in the {args.part} split (listed above); each file is indexed once"
         )
-    print("next: " + shlex.join(["rmnet", "search", "IMAGE", "--index", str(args.out)]))
+    print("next: " + shlex.join(["rmnet", "search", "IMAGE", "--index", str(args.index)]))
 
 
 def run_index_add(args: argparse.Namespace) -> None:

@@ -27,10 +27,10 @@ import pandas as pd
 import torch
 from PIL import Image, ImageOps
 from torch import nn
-from tqdm.auto import tqdm
 
 from rmnet.api import RunModel
 from rmnet.data.images import UnreadableImageError, is_image_file, open_rgb
+from rmnet.io import progress_bar
 from rmnet.models.base import unwrap
 from rmnet.retrieval.codes import embed_dataset
 from rmnet.retrieval.index import DEFAULT_LOCK_TIMEOUT, AddResult, CodeIndex, Hit, IndexItem
@@ -375,7 +375,7 @@ def build_index(
     dataset = ImageDataset(table, run.split.part(part), encoder.transform, on_error="skip")
     codes, _ = embed_dataset(encoder.model, dataset, batch_size, device, num_workers=workers)
     items = []
-    for i in tqdm(dataset.indices, desc="hashing files", unit="file", leave=False):
+    for i in progress_bar(dataset.indices, "hashing files", unit="file"):
         original, cached = originals.paths[i], table.paths[i]
         items.append(
             IndexItem(

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from rmnet.cliargs import DeprecatedOption
 from rmnet.service.config import API_KEY_ENV, DECODE_BUDGET_MPX, MAX_K, MAX_PIXELS, MAX_UPLOAD_MB
 
 
@@ -103,17 +104,21 @@ def add_serve_command(commands: argparse._SubParsersAction) -> None:
         "--processes",
         type=int,
         help="serving processes (uvicorn workers), each with its own copy of the model, all on one port "
-        "and one index (default on a CPU: min(4, cores) / workers; on a GPU: 1)",
+        "and one index (default on a CPU: min(4, cores) / inference threads; on a GPU: 1)",
     )
     parser.add_argument(
-        "--workers",
+        "--inference-threads",
+        dest="workers",
         type=int,
         help="inference threads per process sharing its model, forward passes in parallel (default: 1)",
+    )
+    parser.add_argument(  # --workers means data-loading processes in the other commands
+        "--workers", dest="workers", type=int, action=DeprecatedOption, replacement="--inference-threads"
     )
     parser.add_argument(
         "--torch-threads",
         type=int,
-        help="torch threads per inference worker (default on a CPU: cores / (processes × workers))",
+        help="torch threads per inference thread (default on a CPU: cores / (processes × inference threads))",
     )
     parser.add_argument(
         "--log-level",

@@ -297,8 +297,12 @@ def decode_image(
         readable = ", ".join(sorted(set(EXTENSIONS.values())))
         raise RequestError(415, f"the upload is not an image the service reads ({readable})") from None
     except Image.DecompressionBombError as err:  # over twice Pillow's own limit: refused before decoding
+        size = re.search(r"\((\d+) pixels\)", str(err))  # Pillow's message quotes its own limit, not ours
+        pixels = f"{int(size.group(1)):,} pixels, " if size else ""
         raise RequestError(
-            422, f"the image has too many pixels (decompression bomb): {_reason(err)}"
+            422,
+            f"the image is {pixels}more than the limit of {max_pixels:,} pixels (a decompression bomb, or a "
+            "photograph to downscale first)",
         ) from None
     except Exception as err:  # noqa: BLE001 - any failure on untrusted bytes is the upload's fault
         raise RequestError(422, f"the image cannot be read: {_reason(err)}") from None
