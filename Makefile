@@ -15,9 +15,10 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(VENV)/bin/rmnet demo
 
-# The CAD page on the demo's lesions (run `make demo` first): http://127.0.0.1:8000/
+# The CAD page on the demo's lesions (run `make demo` first): http://127.0.0.1:$(PORT)/ (make serve PORT=8001)
+PORT ?= 8000
 serve: $(STAMP)
-	$(VENV)/bin/rmnet serve runs/demo --index runs/demo/index
+	$(VENV)/bin/rmnet serve runs/demo --index runs/demo/index --port $(PORT)
 
 test: lint
 	$(VENV)/bin/pytest

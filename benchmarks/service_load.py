@@ -17,6 +17,11 @@ time and resident memory after it (and its peak; all its processes together), an
 requests an engine ran per forward pass. The goal: throughput with 8 clients at least 1.5× that
 with 1 client.
 
+With ``--baseline-src DIR`` (another checkout's ``src``, e.g. the commit before a change), a second
+``rmnet serve`` runs that code on the same run and index, and every configuration is measured on
+both, back to back, in alternating order: the ratio of their throughputs is the comparison that a
+shared machine's changing load does not blur (``service_load_compare.md``).
+
 Without --run/--index, it first builds what ``make demo`` serves, at the demo's sizes: generated
 lesions (32 px, 6 classes), the RM small CNN (width 16) with a 16-bit hash layer, one epoch (the
 weights do not change the cost), and the index of its training images, in a temporary folder.
@@ -137,22 +142,35 @@ def memory_kb(pid: int) -> tuple[int, int]:
 class Server:
     """``rmnet serve`` in a child process, on a free loopback port, stopped with Ctrl-C (SIGINT)."""
 
-    def __init__(self, run: Path, index: Path, extra: list[str]) -> None:
+    def __init__(
+        self,
+        run: Path,
+        index: Path,
+        extra: list[str],
+        *,
+        src: Path | None = None,
+        key: str = "",
+        preexec_fn=None,
+    ) -> None:
         import httpx
 
         self.port = free_port()
         self.processes = 1  # serving processes (engines() reads it from /healthz)
         self.url = f"http://127.0.0.1:{self.port}"
+        self.headers = {"Authorization": f"Bearer {key}"} if key else {}
         command = [sys.executable, "-m", "rmnet", "serve", str(run), "--index", str(index)]
         command += ["--port", str(self.port), "--log-level", "warning", *extra]
         self.log = tempfile.TemporaryFile(mode="w+")
+        env = dict(os.environ, RMNET_API_KEY=key)
+        if src is not None:  # another tree's code (--baseline-src)
+            env["PYTHONPATH"] = str(Path(src).resolve())
         self.process = subprocess.Popen(
-            command, stdout=self.log, stderr=subprocess.STDOUT, env=dict(os.environ, RMNET_API_KEY="")
+            command, stdout=self.log, stderr=subprocess.STDOUT, env=env, preexec_fn=preexec_fn
         )
         deadline = time.monotonic() + 120
         while True:
             try:
-                httpx.get(self.url + "/healthz", timeout=5).raise_for_status()
+                httpx.get(self.url + "/healthz", timeout=5, headers=self.headers).raise_for_status()
                 return
             except httpx.HTTPError:
                 if self.process.poll() is not None or time.monotonic() > deadline:
@@ -168,7 +186,8 @@ class Server:
 
         found: dict[int, dict] = {}
         for _ in range(50):
-            health = httpx.get(self.url + "/healthz", timeout=30, headers={"Connection": "close"}).json()
+            headers = {"Connection": "close", **self.headers}
+            health = httpx.get(self.url + "/healthz", timeout=30, headers=headers).json()
             found[health["process"]["pid"]] = health["engine"]
             self.processes = health["process"]["processes"]
             if len(found) >= self.processes:
@@ -283,6 +302,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--image-px", type=int, default=32, help="side of the uploaded lesion images")
     parser.add_argument("--serve-option", action="append", default=[], help="extra `rmnet serve` option")
     parser.add_argument("--out", type=Path, default=Path("results/service_load"))
+    parser.add_argument(
+        "--baseline-src",
+        type=Path,
+        help="another tree's src folder: serve it too and measure both back to back (ratio table)",
+    )
     args = parser.parse_args(argv)
     if (args.run is None) != (args.index is None):
         parser.error("--run and --index go together")
@@ -291,22 +315,33 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         run, index = (args.run, args.index) if args.run else build_example(Path(tmp))
         images = query_images(args.image_px)
-        server = Server(run, index, [o for option in args.serve_option for o in option.split()])
+        options = [o for option in args.serve_option for o in option.split()]
+        servers = {"this tree": Server(run, index, options)}
         runs: list[dict] = []
         try:
-            for endpoint in args.endpoints:  # warm-up
-                load(server.url + ENDPOINTS[endpoint], images, 2, 20, args.time_cap)
-            engine = next(iter(server.engines().values()))
-            engine["processes"] = server.processes
+            if args.baseline_src:
+                servers["baseline"] = Server(run, index, options, src=args.baseline_src)
+            for server in servers.values():
+                for endpoint in args.endpoints:  # warm-up
+                    load(server.url + ENDPOINTS[endpoint], images, 2, 20, args.time_cap)
+            engine = next(iter(servers["this tree"].engines().values()))
+            engine["processes"] = servers["this tree"].processes
             for repeat in range(args.repeats):  # interleaved: a slow spell of the machine hits every setting
                 for endpoint in args.endpoints:
                     for clients in args.clients:
-                        runs.append(measure(server, endpoint, clients, images, args))
-                        print(f"repeat {repeat + 1}: {describe(runs[-1])}", flush=True)
+                        order = list(servers.items())
+                        order = order[::-1] if repeat % 2 else order  # which goes first alternates
+                        for name, server in order:
+                            runs.append({"server": name, **measure(server, endpoint, clients, images, args)})
+                            print(f"repeat {repeat + 1} ({name}): {describe(runs[-1])}", flush=True)
         finally:
-            server.stop()
-    rows = summarise(runs)
+            for server in servers.values():
+                server.stop()
+    mine = [run for run in runs if run["server"] == "this tree"]
+    rows = summarise(mine)
     write_results(pd.DataFrame(rows), args, argv, pd.DataFrame(runs), engine, load_average)
+    if args.baseline_src:
+        write_comparison(runs, args, argv, load_average)
 
 
 def measure(
@@ -428,6 +463,43 @@ def write_results(
     per_run = runs.drop(columns=["latencies_ms"])
     save_table(per_run, args.out, "service_load_runs", caption + " Every repeat, in the order run.")
     print(f"\n{caption}\nwritten: {args.out / 'service_load.md'}")
+
+
+def write_comparison(runs: list[dict], args: argparse.Namespace, argv: list[str] | None, load) -> None:
+    """This tree against the baseline, measured back to back: the median of the repeats' ratios."""
+    rows = []
+    keys = dict.fromkeys((run["endpoint"], run["clients"]) for run in runs)
+    for endpoint, clients in keys:
+        pair = {
+            name: [r for r in runs if (r["server"], r["endpoint"], r["clients"]) == (name, endpoint, clients)]
+            for name in ("this tree", "baseline")
+        }
+        ratios = [
+            a["requests_per_s"] / b["requests_per_s"]
+            for a, b in zip(pair["this tree"], pair["baseline"], strict=True)
+        ]
+        rows.append(
+            {
+                "endpoint": endpoint,
+                "clients": clients,
+                "this tree requests/s": float(np.median([r["requests_per_s"] for r in pair["this tree"]])),
+                "baseline requests/s": float(np.median([r["requests_per_s"] for r in pair["baseline"]])),
+                "ratio (median of repeats)": float(np.median(ratios)),
+                "ratio range": f"{min(ratios):.2f}–{max(ratios):.2f}",
+                "this tree p50 ms": float(np.median([r["p50_ms"] for r in pair["this tree"]])),
+                "baseline p50 ms": float(np.median([r["p50_ms"] for r in pair["baseline"]])),
+                "errors (this tree / baseline)": f"{sum(r['errors'] for r in pair['this tree'])} / "
+                f"{sum(r['errors'] for r in pair['baseline'])}",
+            }
+        )
+    caption = (
+        f"`{command_line('benchmarks.service_load', argv)}` — {machine_description()}; load average "
+        f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} when it started. Two `rmnet serve` on the same run "
+        f"and index: this tree and {args.baseline_src} (baseline), each configuration measured on both back "
+        "to back, which one first alternating by repeat; a ratio over 1: this tree is faster."
+    )
+    save_table(pd.DataFrame(rows), args.out, "service_load_compare", caption)
+    print(f"\n{caption}\nwritten: {args.out / 'service_load_compare.md'}")
 
 
 if __name__ == "__main__":

@@ -34,10 +34,10 @@ from rmnet.data import make_lesion_dataset
 from rmnet.data.lesions import render_lesion
 from rmnet.retrieval.index import CodeIndex
 from rmnet.retrieval.search import build_index
-from rmnet.service.app import build_service, check_write_key, create_app, resolve_parallelism, resolve_run
+from rmnet.service.access import AccessDenied, KeyCheck
+from rmnet.service.app import build_service, create_app, resolve_parallelism, resolve_run
 from rmnet.service.config import ServiceConfig
 from rmnet.service.engine import InferenceEngine, ModelInfo
-from rmnet.service.uploads import RequestError
 from rmnet.train import train
 
 KEY = "test-key-0123456789"
@@ -74,6 +74,11 @@ def example(tmp_path_factory) -> tuple[Path, Path]:
     return make_example(tmp_path_factory.mktemp("service-demo"))
 
 
+def local_client(app) -> TestClient:
+    """A TestClient that sends ``Host: localhost`` (the service answers only its allowed hosts)."""
+    return TestClient(app, base_url="http://localhost")
+
+
 def copy_index(index: Path, to: Path) -> Path:
     shutil.copytree(index, to, ignore=shutil.ignore_patterns("cases"))
     return to
@@ -85,7 +90,8 @@ def writable(example, tmp_path):
     demo, index = example
     config = ServiceConfig(run=demo, index=copy_index(index, tmp_path / "index"), api_key=KEY, device="cpu")
     service = build_service(config)
-    with TestClient(create_app(service)) as client:
+    with local_client(create_app(service)) as client:
+        client.headers["Authorization"] = f"Bearer {KEY}"  # reads need the key too when one is set
         yield client, service
     service.close()
 
@@ -96,7 +102,7 @@ def client(example, tmp_path_factory):
     demo, index = example
     index = copy_index(index, tmp_path_factory.mktemp("ro") / "index")
     service = build_service(ServiceConfig(run=demo, index=index, api_key="", device="cpu"))
-    with TestClient(create_app(service)) as test_client:
+    with local_client(create_app(service)) as test_client:
         yield test_client
     service.close()
 
@@ -126,6 +132,11 @@ def files(data: bytes, field: str = "image", name: str = "lesion.png", content_t
     return {field: (name, data, content_type)}
 
 
+def case_files(folder: Path) -> list[Path]:
+    """The case images in a cases folder (not its lock file)."""
+    return sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+
+
 def assert_refused(response, status: int, words: str = "") -> None:
     assert response.status_code == status, response.text
     detail = response.json()["detail"]
@@ -141,7 +152,8 @@ def test_healthz_names_the_model_and_the_index(client, example):
     assert body["status"] == "ok"
     assert body["model"]["classes"] == ["globules", "lobed", "regular"]
     assert body["model"]["rm"] == "all" and body["model"]["hash_bits"] is None
-    assert body["model"]["run"] == str((example[0] / "rm").resolve())
+    assert body["model"]["run"] == "rm" and body["model"]["checkpoint"] == "best.pt"  # names, not paths
+    assert str(example[0].resolve()) not in str(body) and "/tmp" not in str(body)
     assert body["index"]["count"] == 24 and body["index"]["metric"] == "cosine"
     assert body["writes"].startswith("disabled")
     assert body["limits"]["max_k"] == 100 and body["limits"]["max_upload_mb"] == 20
@@ -332,7 +344,7 @@ def test_pixel_limit_is_an_option(example, tmp_path):
     config = ServiceConfig(run=demo, index=index, max_pixels=20 * 20 - 1, max_upload_mb=0.05, device="cpu")
     service = build_service(config)
     try:
-        with TestClient(create_app(service)) as small:
+        with local_client(create_app(service)) as small:
             assert_refused(
                 small.post("/api/predict", files=files(png(lesion(5)))), 422, "more than the limit of 399"
             )
@@ -389,7 +401,7 @@ def test_writes_are_disabled_without_a_key(client):
 def test_adding_a_case_needs_the_right_key(writable):
     client, _ = writable
     form = dict(files=files(png(lesion(8))), data={"label": "lobed"})
-    missing = client.post("/api/cases", **form)
+    missing = local_client(client.app).post("/api/cases", **form)
     assert_refused(missing, 401, "Bearer")
     assert missing.headers["www-authenticate"] == "Bearer"
     assert_refused(client.post("/api/cases", headers={"Authorization": f"Basic {KEY}"}, **form), 401)
@@ -400,16 +412,20 @@ def test_adding_a_case_needs_the_right_key(writable):
     assert added.status_code == 201 and added.json()["id"].startswith("case-")
 
 
-def test_check_write_key_compares_in_constant_time(monkeypatch):
+def test_the_key_is_compared_in_constant_time_and_stripped(monkeypatch):
     import hmac
 
     calls = []
     real = hmac.compare_digest
     monkeypatch.setattr(hmac, "compare_digest", lambda a, b: calls.append((a, b)) or real(a, b))
-    check_write_key("Bearer secret", "secret")
-    with pytest.raises(RequestError):
-        check_write_key("Bearer guess", "secret")
-    assert calls == [(b"secret", b"secret"), (b"guess", b"secret")]
+    keys = KeyCheck("secret-key-0123456789")
+    keys.check("c", {"authorization": "Bearer  secret-key-0123456789 "})
+    keys.check("c", {"x-api-key": "secret-key-0123456789"})
+    with pytest.raises(AccessDenied):
+        keys.check("c", {"authorization": "Bearer guess"})
+    assert calls == [(b"secret-key-0123456789", b"secret-key-0123456789")] * 2 + [
+        (b"guess", b"secret-key-0123456789")
+    ]
 
 
 def test_an_added_case_is_searchable_at_once_and_survives_a_restart(writable, example):
@@ -429,14 +445,14 @@ def test_an_added_case_is_searchable_at_once_and_survives_a_restart(writable, ex
     first = client.post("/api/search?k=3", files=files(image)).json()["results"][0]
     assert first["id"] == "clinic-0001" and first["label"] == "regular" and first["distance"] < 1e-5
     assert client.get("/api/cases/clinic-0001/image").content == image
-    stored = list((service.config.index / "cases").iterdir())
+    stored = case_files(service.config.index / "cases")
     assert [p.read_bytes() for p in stored] == [image]  # the upload, byte for byte, named by its content
 
     # Restart: a new service over the same folder.
     service.close()
-    again = build_service(ServiceConfig(run=example[0], index=service.config.index, device="cpu"))
+    again = build_service(ServiceConfig(run=example[0], index=service.config.index, device="cpu", api_key=""))
     try:
-        with TestClient(create_app(again)) as restarted:
+        with local_client(create_app(again)) as restarted:
             assert restarted.get("/healthz").json()["index"]["count"] == 25
             first = restarted.post("/api/search?k=1", files=files(image)).json()["results"][0]
             assert first["id"] == "clinic-0001"
@@ -462,7 +478,7 @@ def test_adding_refuses_bad_labels_ids_and_duplicates(writable):
     assert_refused(add(label="lobed", id="ok-1"), 409, "already in the index")
     assert_refused(add(label="globules", id="ok-2"), 409, "same file content")  # same image, another id
     assert client.get("/healthz").json()["index"]["count"] == 25
-    assert len(list((service.config.index / "cases").iterdir())) == 1  # refused uploads left no file
+    assert len(case_files(service.config.index / "cases")) == 1  # refused uploads left no file
 
 
 def test_cases_another_process_adds_are_served_too(writable, tmp_path):
@@ -848,7 +864,7 @@ def test_several_processes_serve_one_index_and_see_each_others_cases_at_once(exa
         assert added.status_code == 201, added.text
         answered: dict[int, str] = {}  # process id -> the first search result it gave
         for _ in range(300):  # a new connection each time: the kernel hands it to either process
-            with httpx.Client(base_url=url, timeout=30) as fresh:
+            with httpx.Client(base_url=url, timeout=30, headers={"Authorization": f"Bearer {KEY}"}) as fresh:
                 pid = fresh.get("/healthz").json()["process"]["pid"]
                 top = fresh.post("/api/search?k=1", files=files(image)).json()["results"][0]["id"]
                 assert fresh.get("/api/cases/shared-1/image").content == image

@@ -1,9 +1,11 @@
 """The service's page in a real browser: Debian's chromium, driven by playwright (no browser download).
 
 The service runs in uvicorn on a loopback port; the browser uploads an image and must show the
-diagnosis, the probability bars, the rotation check, the heat map and the gallery, without a
-JavaScript error; a bad upload must be explained in words on the page; an uncertain diagnosis of
-an image unlike the training images must read as such.
+diagnosis, the probability bars, the rotation check, the heat map and the gallery (with the
+legend of its colours), without a JavaScript error; a bad upload must be explained once, in words,
+leaving no stale heat map and no broken image; a service with a key must ask for it once and send
+it with every request, images included; an uncertain diagnosis of an image unlike the training
+images must read as such.
 
 Skipped only when /usr/bin/chromium is missing (CI installs it: .ci/run). Environment:
   RMNET_SERVICE_DEMO=runs/demo      serve this demo folder (its runs and index/) instead of the tiny
@@ -41,24 +43,31 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    """(base URL, an image to upload) of the service running in uvicorn on a free loopback port."""
-    import uvicorn
-    from test_service import copy_index, free_port, make_example
+KEY = "browser-key-0123456789"
 
-    from rmnet.service.app import build_service, create_app
-    from rmnet.service.config import ServiceConfig
+
+@pytest.fixture(scope="module")
+def example(tmp_path_factory):
+    """(folder of runs, its index, an image to upload): the demo's when RMNET_SERVICE_DEMO is set."""
+    from test_service import copy_index, make_example
 
     root = tmp_path_factory.mktemp("browser")
     demo = os.environ.get("RMNET_SERVICE_DEMO")
     if demo:
-        folder, index = Path(demo), copy_index(Path(demo) / "index", root / "index")
-        image = _a_test_image(folder)
-    else:
-        folder, index = make_example(root)
-        image = sorted((folder / "data").rglob("*.png"))[0]
-    service = build_service(ServiceConfig(run=folder, index=index, api_key="", device="cpu"))
+        return Path(demo), copy_index(Path(demo) / "index", root / "index"), _a_test_image(Path(demo))
+    folder, index = make_example(root)
+    return folder, index, sorted((folder / "data").rglob("*.png"))[0]
+
+
+def _serve(folder: Path, index: Path, api_key: str):
+    """The service in uvicorn on a free loopback port: (base URL, a function that stops it)."""
+    import uvicorn
+    from test_service import free_port
+
+    from rmnet.service.app import build_service, create_app
+    from rmnet.service.config import ServiceConfig
+
+    service = build_service(ServiceConfig(run=folder, index=index, api_key=api_key, device="cpu"))
     port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(create_app(service), host="127.0.0.1", port=port, log_level="warning")
@@ -69,10 +78,31 @@ def served(tmp_path_factory):
     while not server.started:
         assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", image
-    server.should_exit = True
-    thread.join(timeout=15)
-    service.close()
+
+    def stop() -> None:
+        server.should_exit = True
+        thread.join(timeout=15)
+        service.close()
+
+    return f"http://127.0.0.1:{port}", stop
+
+
+@pytest.fixture(scope="module")
+def served(example):
+    """(base URL, an image to upload) of the service without a key."""
+    folder, index, image = example
+    url, stop = _serve(folder, index, "")
+    yield url, image
+    stop()
+
+
+@pytest.fixture(scope="module")
+def served_with_key(example):
+    """(base URL, an image to upload) of the service with the key ``KEY``."""
+    folder, index, image = example
+    url, stop = _serve(folder, index, KEY)
+    yield url, image
+    stop()
 
 
 def _a_test_image(demo: Path) -> Path:
@@ -140,6 +170,15 @@ def test_upload_shows_diagnosis_heat_map_and_gallery_without_errors(served, brow
     assert thumbnails.count() == 10
     assert "distance" in page.inner_text("#gallery .case >> nth=0")
     assert not page.locator("#error").is_visible()
+    # The colours of the similar cases are explained, and said in words on each case.
+    legend = page.inner_text("#legend")
+    assert page.locator("#legend").is_visible() and "confirmed diagnosis" in legend and "model" in legend
+    predicted = page.inner_text("#diagnosis")
+    for card in page.locator("#gallery .case").all():
+        label, agree = card.locator(".label"), card.inner_text().split("\n")
+        same = label.get_attribute("data-label") == predicted
+        assert ("= the model's diagnosis" in agree) == same, agree
+        assert "same" in label.get_attribute("class") if same else "other" in label.get_attribute("class")
 
     shot = tmp_path / "service.png"
     page.screenshot(path=str(shot), full_page=True)
@@ -157,18 +196,32 @@ def test_upload_shows_diagnosis_heat_map_and_gallery_without_errors(served, brow
     assert problems == []
 
 
-def test_a_bad_upload_is_explained_on_the_page(served, browser_page, tmp_path):
-    base, _ = served
+def test_a_failed_upload_after_a_good_one_leaves_one_message_and_nothing_stale(
+    served, browser_page, tmp_path
+):
+    base, image = served
     page, problems = browser_page
     page.goto(base + "/")
+    page.set_input_files("#file", str(image))
+    expect(page.locator("#status")).to_have_text("Done.", timeout=60_000)
+    assert page.locator("#heatmap").is_visible() and "looked for" in page.inner_text("#heatmap-caption")
+
     text = tmp_path / "notes.png"
     text.write_text("not really an image")
     page.set_input_files("#file", str(text))
-    expect(page.locator("#error")).to_contain_text("Diagnosis failed", timeout=60_000)
-    expect(page.locator("#error")).to_contain_text("Heat map failed", timeout=60_000)
+    expect(page.locator("#error")).to_contain_text("not an image", timeout=60_000)
+    expect(page.locator("#results")).to_be_hidden(timeout=60_000)
     message = page.inner_text("#error")
-    assert "not an image" in message and "Similar cases failed" in message and "Heat map failed" in message
-    assert page.inner_text("#diagnosis") == "no diagnosis"
+    assert message.count("not an image") == 1 and len(message.strip().splitlines()) == 1, message
+    assert message.startswith("The image was not analysed")
+    # The previous upload's heat map, caption and gallery are gone; no broken-image icon anywhere.
+    assert not page.locator("#heatmap").is_visible() and page.get_attribute("#heatmap", "src") is None
+    assert "looked for" not in page.inner_text("#heatmap-caption")
+    assert page.locator("#gallery .case").count() == 0
+    broken = (
+        "[...document.images].filter(i => i.checkVisibility() && i.complete && i.naturalWidth === 0).length"
+    )
+    assert page.evaluate(broken) == 0
     # The browser logs each refused request (415) as a console error; nothing else may go wrong.
     assert [p for p in problems if "status of 415" not in p] == []
 
@@ -255,3 +308,33 @@ def test_an_uncertain_diagnosis_of_an_unfamiliar_image_reads_as_such(served, bro
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(shot, target)
     assert problems == []
+
+
+def test_a_service_with_a_key_asks_for_it_once_and_sends_it_everywhere(served_with_key, browser_page):
+    base, image = served_with_key
+    page, problems = browser_page
+    page.goto(base + "/")
+    expect(page.locator("#key-panel")).to_be_visible(timeout=30_000)
+    page.fill("#key-input", "not-the-key-0123456789")
+    page.click("#key-form button")
+    expect(page.locator("#key-message")).to_contain_text("refused", timeout=30_000)
+    page.fill("#key-input", f"  {KEY} ")
+    page.click("#key-form button")
+    expect(page.locator("#service-meta")).to_contain_text("indexed cases", timeout=30_000)
+    assert not page.locator("#key-panel").is_visible()
+
+    page.set_input_files("#file", str(image))
+    expect(page.locator("#status")).to_have_text("Done.", timeout=60_000)
+    wait_until(
+        lambda: page.evaluate(
+            "[...document.querySelectorAll('#gallery img')].length === 10 && "
+            "[...document.querySelectorAll('#gallery img')].every(i => i.complete && i.naturalWidth > 0)"
+        )
+    )  # the thumbnails came with the key
+    assert page.evaluate("document.getElementById('heatmap').naturalWidth") >= 256
+    page.reload()  # kept for the tab: not asked again
+    expect(page.locator("#service-meta")).to_contain_text("indexed cases", timeout=30_000)
+    assert not page.locator("#key-panel").is_visible()
+    assert page.evaluate("sessionStorage.getItem('rmnet-api-key')") == KEY
+    # The wrong key's 403 is logged by the browser as a console error; nothing else may go wrong.
+    assert [p for p in problems if "status of 403" not in p] == []

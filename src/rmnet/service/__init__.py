@@ -5,6 +5,8 @@
 Parts (each importable on its own; this package imports nothing heavy, so the command line stays fast):
 
     rmnet.service.config    ServiceConfig: paths, limits, processes, batching
+    rmnet.service.access    the API key, clients that keep guessing it, exposure beyond loopback
+    rmnet.service.connections  uvicorn's HTTP protocol with a header deadline and a connection cap
     rmnet.service.uploads   reading multipart uploads in memory, decoding untrusted image bytes
     rmnet.service.engine    InferenceEngine: the model, micro-batched on worker threads, Grad-CAM
     rmnet.service.cases     CaseStore: the similar-case index (search, add, case images)

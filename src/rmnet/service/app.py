@@ -1,7 +1,7 @@
 """The FastAPI application: the HTTP contract of the CAD service, over a :class:`Service` loaded once
 per process (``rmnet.service.server`` runs it with uvicorn).
 
-    GET  /healthz                      status, model, index, limits
+    GET  /healthz                      up; with the key (or none configured): model, index, limits
     POST /api/predict                  calibrated diagnosis, uncertain, warnings, rotation check (form: image)
     POST /api/search?k=10              the k most similar indexed cases                 (form: image)
     POST /api/explain[?class=NAME]     Grad-CAM heat map over the image, PNG            (form: image)
@@ -11,14 +11,16 @@ per process (``rmnet.service.server`` runs it with uvicorn).
     GET  /                             the page;  /docs  the OpenAPI page
 
 Every refusal is a 4xx with ``{"detail": "what was wrong"}``. Uploads stay in memory; only
-``POST /api/cases`` writes the image, into the cases folder, before indexing it.
+``POST /api/cases`` writes the image, into the cases folder, before indexing it. With a key
+configured, every endpoint that says anything about a patient or a prediction needs it
+(:mod:`rmnet.service.access`); only the Host names of ``allowed_hosts`` are answered; no response
+names a path on the server.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hmac
 import importlib.resources
 import logging
 import os
@@ -33,12 +35,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from rmnet.retrieval.index import IndexBusyError
+from rmnet.service.access import AccessDenied, KeyCheck, check_exposure, secret_in_query
 from rmnet.service.cases import CaseStore
 from rmnet.service.config import API_KEY_ENV, SERVICE_CONFIG_ENV, THUMBNAIL_SIZES, ServiceConfig
 from rmnet.service.engine import EngineBusyError, EngineClosedError, InferenceEngine
-from rmnet.service.uploads import RequestError, check_case_id, decode_image, read_form
+from rmnet.service.uploads import PixelBudget, RequestError, check_case_id, decode_image, read_form
 
 log = logging.getLogger("rmnet.service")
 
@@ -99,7 +103,15 @@ class Service:
     engine: InferenceEngine
     store: CaseStore
     api_key: str | None
+    budget: PixelBudget | None = None
     started: float = field(default_factory=time.time)
+
+    def __post_init__(self) -> None:
+        if self.budget is None:
+            self.budget = PixelBudget(int(self.config.decode_budget_mpx * 1e6), self.config.decode_wait_s)
+        self.keys = KeyCheck(
+            self.api_key, failures=self.config.auth_failures, window_s=self.config.auth_window_s
+        )
 
     def close(self) -> None:
         self.engine.close()
@@ -110,10 +122,13 @@ def build_service(config: ServiceConfig) -> Service:
     """Open the index, load the model of the run that built it, and check that they belong together."""
     import torch
 
+    api_key = config.resolved_api_key  # a short or blank key stops here, before anything loads
+    check_exposure(config.host, api_key)
     config = resolve_parallelism(config)
     if config.torch_threads:
         torch.set_num_threads(config.torch_threads)
-    store = CaseStore(config.index, config.resolved_cases_dir)
+    budget = PixelBudget(int(config.decode_budget_mpx * 1e6), config.decode_wait_s)
+    store = CaseStore(config.index, config.resolved_cases_dir, budget=budget, max_pixels=config.max_pixels)
     try:
         run_dir = resolve_run(config.run, store.info.model.run)
         engine = InferenceEngine.from_run(
@@ -140,7 +155,7 @@ def build_service(config: ServiceConfig) -> Service:
         engine.close()
         store.close()
         raise
-    return Service(config, engine, store, config.resolved_api_key)
+    return Service(config, engine, store, api_key, budget)
 
 
 def resolve_parallelism(config: ServiceConfig) -> ServiceConfig:
@@ -235,25 +250,44 @@ def create_app(service: Service) -> FastAPI:
     async def closed(_: Request, err: EngineClosedError) -> JSONResponse:
         return JSONResponse({"detail": str(err)}, status_code=503)
 
+    @app.exception_handler(AccessDenied)
+    async def access_denied(_: Request, err: AccessDenied) -> JSONResponse:
+        return JSONResponse({"detail": err.detail}, status_code=err.status, headers=err.headers)
+
     @app.exception_handler(IndexBusyError)
     async def index_busy(_: Request, err: IndexBusyError) -> JSONResponse:
-        return JSONResponse({"detail": f"the case was not added: {err}"}, status_code=409)
+        detail = "the case was not added: another process has been writing the index for too long; try again"
+        return JSONResponse({"detail": detail}, status_code=409)
 
     @app.exception_handler(Exception)
     async def internal(_: Request, err: Exception) -> JSONResponse:
         log.exception("internal error")
         return JSONResponse({"detail": f"internal error ({type(err).__name__}); see the service log"}, 500)
 
+    app.add_middleware(RefuseSecretsInQuery)
+    hosts = [f"[{h}]" if ":" in h and not h.startswith("[") else h for h in config.resolved_allowed_hosts]
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=hosts, www_redirect=False)  # IPv6 in brackets
     app.add_middleware(SecurityHeaders)
 
     # -- helpers ------------------------------------------------------------------------------
 
+    def authorise(request: Request, *, writing: bool = False) -> None:
+        """Let a request about a patient or a prediction through only with the key (when one is set)."""
+        client = request.client.host if request.client else "unknown"
+        service.keys.check(client, request.headers, writing=writing)
+
     async def upload(request: Request, allowed=("image",), required=("image",)):
-        return await read_form(request, max_bytes=config.max_upload_bytes, allowed=allowed, required=required)
+        return await read_form(
+            request,
+            max_bytes=config.max_upload_bytes,
+            allowed=allowed,
+            required=required,
+            pause_timeout=config.body_timeout,
+        )
 
     async def decoded_input(data: bytes):
         def work():
-            decoded = decode_image(data, max_pixels=config.max_pixels)
+            decoded = decode_image(data, max_pixels=config.max_pixels, budget=service.budget)
             return decoded, engine.prepare(decoded.image)
 
         return await run_in_threadpool(work)
@@ -277,18 +311,23 @@ def create_app(service: Service) -> FastAPI:
     async def index_page() -> HTMLResponse:
         return HTMLResponse(page, headers=PAGE_SECURITY)
 
-    @app.get("/healthz", summary="service status, model and index")
-    async def healthz() -> dict[str, Any]:
+    @app.get("/healthz", summary="service status; with the key: model, index, limits")
+    async def healthz(request: Request) -> dict[str, Any]:
+        if service.keys.required and service.keys.sent_key(request.headers) is None:
+            return {"status": "ok", "key_required": True}  # up, and nothing else, to a stranger
+        authorise(request)
         return {
             "status": "ok",
-            "model": engine.info.to_dict(),
-            "index": store.info.to_dict(),
+            "key_required": service.keys.required,
+            "model": public_model_info(engine),
+            "index": {**store.info.to_dict(), "built_by_run": _name(store.info.model.run)},
             "writes": "enabled" if service.api_key else f"disabled (set {API_KEY_ENV})",
             "limits": {
                 "max_upload_mb": config.max_upload_mb,
                 "max_pixels": config.max_pixels,
                 "max_k": config.max_k,
                 "thumbnail_sizes": list(THUMBNAIL_SIZES),
+                "decode": service.budget.to_dict(),
             },
             "process": {"pid": os.getpid(), "processes": config.processes},
             "engine": {
@@ -310,6 +349,7 @@ def create_app(service: Service) -> FastAPI:
         "/api/predict", summary="diagnosis of an image", openapi_extra=IMAGE_FORM, responses=ERROR_RESPONSES
     )
     async def predict(request: Request) -> dict[str, Any]:
+        authorise(request)
         parts = await upload(request)
         decoded, inference = await infer(parts["image"].data, turns=True)
         hits = await run_in_threadpool(store.search, inference.code, 1)  # out of distribution: how far?
@@ -333,6 +373,7 @@ def create_app(service: Service) -> FastAPI:
         request: Request,
         k: int = Query(10, ge=1, le=config.max_k, description=f"how many cases (1-{config.max_k})"),
     ) -> dict[str, Any]:
+        authorise(request)
         parts = await upload(request)
         _, inference = await infer(parts["image"].data, turns=False)
         hits = await run_in_threadpool(store.search, inference.code, k)
@@ -365,6 +406,7 @@ def create_app(service: Service) -> FastAPI:
         request: Request,
         target: str | None = Query(None, alias="class", description="class to explain (default: predicted)"),
     ) -> Response:
+        authorise(request)
         if target is not None and target not in classes:
             raise RequestError(422, f"unknown class {target[:80]!r}; the classes are {', '.join(classes)}")
         if engine.cam_layer is None:
@@ -396,13 +438,16 @@ def create_app(service: Service) -> FastAPI:
         responses={200: {"content": {"image/jpeg": {}, "image/png": {}}}},
     )
     async def case_image(
+        request: Request,
         case_id: str,
         size: int | None = Query(
             None, ge=THUMBNAIL_SIZES[0], le=THUMBNAIL_SIZES[1], description="thumbnail: longest side in px"
         ),
     ) -> Response:
+        authorise(request)
         data, media_type = await run_in_threadpool(store.image, case_id, size)
-        return Response(data, media_type=media_type, headers={"Cache-Control": "private, max-age=3600"})
+        cache = "private, max-age=3600" if not service.keys.required else "private, no-store"
+        return Response(data, media_type=media_type, headers={"Cache-Control": cache})
 
     add_responses = {
         401: {"description": "no key sent"},
@@ -419,7 +464,7 @@ def create_app(service: Service) -> FastAPI:
         responses=add_responses,
     )
     async def add_case(request: Request) -> JSONResponse:
-        check_write_key(request.headers.get("authorization"), service.api_key)
+        authorise(request, writing=True)
         parts = await upload(request, allowed=("image", "label", "id"), required=("image", "label"))
         label = parts["label"].text()
         if label not in classes:
@@ -464,20 +509,36 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
-def check_write_key(authorization: str | None, api_key: str | None) -> None:
-    """403 when writes are disabled (no key configured) or the key is wrong; 401 when none is sent.
+class RefuseSecretsInQuery:
+    """Pure ASGI middleware: a request with a key-like query parameter (``?api_key=…``) gets 400:
+    a key in a URL ends up in logs, browser history and proxies; it belongs in a header."""
 
-    The comparison takes the same time whatever the key sent (``hmac.compare_digest``).
-    """
-    if not api_key:
-        raise RequestError(403, f"writes are disabled: the service was started without {API_KEY_ENV}")
-    scheme, _, token = (authorization or "").strip().partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise RequestError(
-            401, "adding a case needs the header 'Authorization: Bearer KEY'", {"WWW-Authenticate": "Bearer"}
-        )
-    if not hmac.compare_digest(token.strip().encode("utf-8"), api_key.encode("utf-8")):
-        raise RequestError(403, "wrong API key")
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope.get("query_string"):
+            name = secret_in_query(scope["query_string"].decode("latin-1"))
+            if name is not None:
+                detail = (
+                    f"do not send a key in the URL (query parameter {name[:40]!r}): send the header "
+                    "'Authorization: Bearer KEY'"
+                )
+                await JSONResponse({"detail": detail}, status_code=400)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def public_model_info(engine: InferenceEngine) -> dict[str, Any]:
+    """The model as /healthz shows it: no path on the server (the run and checkpoint by name)."""
+    info = engine.info.to_dict()
+    info["run"] = _name(info.get("run"))
+    info["checkpoint"] = _name(info.get("checkpoint"))
+    return info
+
+
+def _name(path: str | None) -> str | None:
+    return Path(path).name if path else None
 
 
 def _model_summary(engine: InferenceEngine) -> dict[str, Any]:
@@ -487,7 +548,7 @@ def _model_summary(engine: InferenceEngine) -> dict[str, Any]:
         "rm": info.rm,
         "k": info.k,
         "fingerprint": info.fingerprint,
-        "run": info.run,
+        "run": _name(info.run),
     }
 
 
@@ -510,11 +571,16 @@ def check_service(config: ServiceConfig) -> tuple[ServiceConfig, str]:
 def describe_service(service: Service) -> str:
     """What ``rmnet serve`` says when it starts: the model, the index, the processes, the address."""
     config, info = service.config, service.engine.info
-    writes = "enabled" if service.api_key else f"disabled (set {API_KEY_ENV} to enable POST /api/cases)"
+    if service.api_key:
+        access = "the API key is needed for every request about a patient or a prediction; writes enabled"
+    else:
+        access = f"no API key (loopback only): writes disabled (set {API_KEY_ENV} to enable POST /api/cases)"
+    scheme = "https" if config.ssl_certfile else "http"
     return (
         f"serving {info.description} ({info.run}) with {service.store.info.count} indexed cases from "
-        f"{config.index}; {config.processes} process(es) × {config.workers} inference worker(s); writes "
-        f"{writes}\nopen http://{_url_host(config.host)}:{config.port}/  (API: /docs)"
+        f"{config.index}; {config.processes} process(es) × {config.workers} inference worker(s); {access}; "
+        f"answers Host {', '.join(config.resolved_allowed_hosts)}\n"
+        f"open {scheme}://{_url_host(config.host)}:{config.port}/  (API: /docs)"
     )
 
 
@@ -528,7 +594,12 @@ class ServiceProcess:
     """
 
     def __init__(self) -> None:
+        from rmnet.service.connections import GuardedHTTPProtocol
+
         self.config = ServiceConfig.from_json(os.environ[SERVICE_CONFIG_ENV])
+        GuardedHTTPProtocol.configure(
+            header_timeout=self.config.header_timeout, max_connections=self.config.max_connections
+        )
         self.service: Service | None = None
         self.app: FastAPI | None = None
 

@@ -9,7 +9,7 @@ import argparse
 from pathlib import Path
 
 from rmnet.cliargs import DeprecatedOption
-from rmnet.service.config import API_KEY_ENV, MAX_K, MAX_PIXELS, MAX_UPLOAD_MB
+from rmnet.service.config import API_KEY_ENV, DECODE_BUDGET_MPX, MAX_K, MAX_PIXELS, MAX_UPLOAD_MB
 
 
 class _Defaults(argparse.HelpFormatter):
@@ -41,6 +41,13 @@ def add_serve_command(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--index", required=True, type=Path, help="similar-case index (rmnet index build)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     parser.add_argument("--port", type=int, default=8000, help="TCP port")
+    parser.add_argument(
+        "--allowed-hosts",
+        help="comma-separated Host header values to answer (the names clients use for this server; "
+        "default: localhost,127.0.0.1,::1 and --host); others get 400, against DNS rebinding",
+    )
+    parser.add_argument("--ssl-certfile", help="TLS certificate (PEM): serve HTTPS (uvicorn's own TLS)")
+    parser.add_argument("--ssl-keyfile", help="the certificate's private key (PEM)")
     parser.add_argument("--checkpoint", default="best", choices=("best", "last"), help="checkpoint of RUN")
     parser.add_argument("--device", default="auto", help="cuda, cpu ...; auto picks CUDA when available")
     parser.add_argument("--cases-dir", type=Path, help="where added cases' images go (default: INDEX/cases)")
@@ -51,6 +58,31 @@ def add_serve_command(commands: argparse._SubParsersAction) -> None:
         "--max-pixels", type=int, default=MAX_PIXELS, help="largest image in pixels (422 above)"
     )
     parser.add_argument("--max-k", type=int, default=MAX_K, help="most similar cases one search may ask for")
+    parser.add_argument(
+        "--decode-budget-mpx",
+        type=float,
+        default=DECODE_BUDGET_MPX,
+        help="megapixels decoded at once per process (at most about 5 bytes each); uploads over it wait "
+        "up to 2 s, then get 503",
+    )
+    parser.add_argument(
+        "--timeout-keep-alive",
+        type=float,
+        default=5.0,
+        help="seconds an idle keep-alive connection stays open",
+    )
+    parser.add_argument(
+        "--header-timeout", type=float, default=10.0, help="seconds a request's headers may take to arrive"
+    )
+    parser.add_argument(
+        "--body-timeout", type=float, default=30.0, help="longest pause while an upload arrives (408 after)"
+    )
+    parser.add_argument(
+        "--max-connections",
+        type=int,
+        help="open connections per process; one more closes the oldest still waiting for its headers "
+        "(default: the open-file limit minus 128)",
+    )
     parser.add_argument(
         "--max-batch",
         type=int,
@@ -112,6 +144,14 @@ def run_serve(args: argparse.Namespace) -> None:
         max_upload_mb=args.max_upload_mb,
         max_pixels=args.max_pixels,
         max_k=args.max_k,
+        allowed_hosts=None if args.allowed_hosts is None else tuple(args.allowed_hosts.split(",")),
+        ssl_certfile=args.ssl_certfile,
+        ssl_keyfile=args.ssl_keyfile,
+        decode_budget_mpx=args.decode_budget_mpx,
+        timeout_keep_alive=args.timeout_keep_alive,
+        header_timeout=args.header_timeout,
+        body_timeout=args.body_timeout,
+        max_connections=args.max_connections,
         max_batch=args.max_batch,
         forward_batch=args.forward_batch,
         batch_wait_ms=args.batch_wait_ms,

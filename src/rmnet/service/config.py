@@ -14,14 +14,17 @@ MAX_K = 100  # the most similar cases one search returns (documented in docs/ser
 MAX_UPLOAD_MB = 20.0
 MAX_PIXELS = 50_000_000  # a 8000 × 6000 photograph; ISIC 2019's largest images are 6000 × 4000
 THUMBNAIL_SIZES = (16, 1024)  # allowed range of ?size= on /api/cases/{id}/image
+MIN_API_KEY_LENGTH = 16
+DECODE_BUDGET_MPX = 64.0  # pixels being decoded at once per process, in millions (docs/service.md: memory)
 
 
 @dataclass(frozen=True)
 class ServiceConfig:
     """Everything ``rmnet serve`` needs; the defaults are the command line's.
 
-    ``api_key`` None means: read ``RMNET_API_KEY`` from the environment (an empty or unset variable
-    disables writes: ``POST /api/cases`` answers 403).
+    ``api_key`` None means: read ``RMNET_API_KEY`` from the environment. Unset or empty: no key
+    (only on loopback; writes disabled). Otherwise it is stripped and must be at least 16 characters.
+    With a key, every endpoint that says anything about a patient or a prediction needs it.
     """
 
     run: Path
@@ -42,12 +45,26 @@ class ServiceConfig:
     processes: int | None = None  # serving processes, each with the model (None: app.resolve_parallelism)
     workers: int | None = None  # inference threads per process (None: app.resolve_parallelism)
     torch_threads: int | None = None  # torch threads per worker (None: app.resolve_parallelism)
+    allowed_hosts: tuple[str, ...] | None = None  # Host header values served (None: loopback + --host)
+    ssl_certfile: str | None = None  # TLS, by uvicorn itself
+    ssl_keyfile: str | None = None
+    decode_budget_mpx: float = DECODE_BUDGET_MPX  # megapixels decoded at once per process (503 above)
+    decode_wait_s: float = 2.0  # how long an upload waits for decode budget before 503
+    timeout_keep_alive: float = 5.0  # idle keep-alive connections closed after this (uvicorn)
+    header_timeout: float = 10.0  # a request's headers must arrive within this, else the connection closes
+    body_timeout: float = 30.0  # longest pause while an upload is received (408 after)
+    max_connections: int | None = None  # open connections per process (None: from the file limit)
+    auth_failures: int = 10  # wrong keys from one client within auth_window_s before 429
+    auth_window_s: float = 60.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "run", Path(self.run))
         object.__setattr__(self, "index", Path(self.index))
         if self.cases_dir is not None:
             object.__setattr__(self, "cases_dir", Path(self.cases_dir))
+        if self.allowed_hosts is not None:
+            hosts = tuple(h.strip().lower() for h in self.allowed_hosts if h.strip())
+            object.__setattr__(self, "allowed_hosts", hosts)
         checks = {
             "max_upload_mb": self.max_upload_mb > 0,
             "max_pixels": self.max_pixels > 0,
@@ -60,11 +77,24 @@ class ServiceConfig:
             "workers": self.workers is None or self.workers >= 1,
             "torch_threads": self.torch_threads is None or self.torch_threads >= 1,
             "port": 0 <= self.port <= 65535,
+            "decode_budget_mpx": self.decode_budget_mpx * 1e6 >= self.max_pixels,
+            "decode_wait_s": self.decode_wait_s >= 0,
+            "timeout_keep_alive": self.timeout_keep_alive > 0,
+            "header_timeout": self.header_timeout > 0,
+            "body_timeout": self.body_timeout > 0,
+            "max_connections": self.max_connections is None or self.max_connections >= 8,
+            "auth_failures": self.auth_failures >= 1,
+            "auth_window_s": self.auth_window_s > 0,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
             settings = ", ".join(f"{name}={getattr(self, name)!r}" for name in bad)
-            raise ValueError(f"invalid service setting(s): {settings}")
+            hint = (
+                " (the decode budget must hold one image of max_pixels)" if "decode_budget_mpx" in bad else ""
+            )
+            raise ValueError(f"invalid service setting(s): {settings}{hint}")
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise ValueError("TLS needs both --ssl-certfile and --ssl-keyfile")
         if self.checkpoint not in ("best", "last"):
             raise ValueError(f"checkpoint must be 'best' or 'last', got {self.checkpoint!r}")
 
@@ -75,7 +105,10 @@ class ServiceConfig:
 
     @classmethod
     def from_json(cls, text: str) -> ServiceConfig:
-        return cls(**json.loads(text))
+        fields = json.loads(text)
+        if fields.get("allowed_hosts") is not None:
+            fields["allowed_hosts"] = tuple(fields["allowed_hosts"])
+        return cls(**fields)
 
     @property
     def max_upload_bytes(self) -> int:
@@ -83,9 +116,34 @@ class ServiceConfig:
 
     @property
     def resolved_api_key(self) -> str | None:
-        """The write key: ``api_key`` if given, else $RMNET_API_KEY; None (writes disabled) when empty."""
-        key = self.api_key if self.api_key is not None else os.environ.get(API_KEY_ENV, "")
-        return key or None
+        """The key: ``api_key`` if given, else $RMNET_API_KEY, stripped; None when unset or empty.
+
+        A key that is blank or shorter than 16 characters after stripping is refused (ValueError):
+        a service that believes it is protected must be.
+        """
+        source = "api_key" if self.api_key is not None else f"${API_KEY_ENV}"
+        raw = self.api_key if self.api_key is not None else os.environ.get(API_KEY_ENV, "")
+        if raw == "":
+            return None
+        key = raw.strip()
+        if len(key) < MIN_API_KEY_LENGTH:
+            what = "blank" if not key else f"{len(key)} characters long"
+            raise ValueError(
+                f"{source} is {what}: use a random key of at least {MIN_API_KEY_LENGTH} characters, e.g. "
+                "`python -c 'import secrets; print(secrets.token_urlsafe(32))'` (or leave it unset, "
+                "on loopback only)"
+            )
+        return key
+
+    @property
+    def resolved_allowed_hosts(self) -> tuple[str, ...]:
+        """Host header values served: ``allowed_hosts``, else localhost, 127.0.0.1, ::1 and --host."""
+        if self.allowed_hosts is not None:
+            return self.allowed_hosts
+        hosts = ["localhost", "127.0.0.1", "::1"]
+        if self.host not in ("0.0.0.0", "::", "") and self.host.lower() not in hosts:
+            hosts.append(self.host.lower())
+        return tuple(hosts)
 
     @property
     def resolved_cases_dir(self) -> Path:

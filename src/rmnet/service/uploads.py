@@ -4,17 +4,28 @@ Nothing here writes to disk. Starlette's own form parser spools file parts over 
 file; :func:`read_form` parses the multipart body with python-multipart (the parser Starlette uses)
 into memory instead, so an upload only reaches the disk when ``POST /api/cases`` stores it.
 
+Memory: an image is decoded only inside a :class:`PixelBudget` (the pixels being decoded at once in
+this process), at a reduced size as early as its format allows (JPEG: libjpeg's DCT scaling before
+decoding; others: ``Image.reduce`` in the decoded mode, before any conversion), so a small upload
+of a huge image cannot cost gigabytes. 16-bit images are scaled by their bit depth, transparency is
+composited onto white (:func:`to_rgb`).
+
 Every rejection is a :class:`RequestError` with a 4xx status and a sentence saying what was wrong.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import io
 import re
-from collections.abc import Collection
+import threading
+import time
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 
-from PIL import Image, ImageOps
+import numpy as np
+from PIL import Image
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
@@ -26,7 +37,20 @@ EXTENSIONS = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "WEBP": ".webp", "BM
               "GIF": ".gif"}  # fmt: skip
 MAX_PARTS = 8
 MAX_TEXT_FIELD_BYTES = 4096
-DRAFT_SHORT_EDGE = 1024  # large JPEGs decode at a reduced scale (libjpeg DCT scaling), never below this
+DRAFT_SHORT_EDGE = 1024  # large images are reduced (JPEGs while decoding) to a short edge not below this
+BACKGROUND = (255, 255, 255)  # transparent pixels are composited onto white
+TRIM_AFTER_PIXELS = 4_000_000  # after decoding an image this large, freed memory goes back to the OS
+ORIENTATION = 0x0112
+_T = Image.Transpose
+TRANSPOSE = {
+    2: _T.FLIP_LEFT_RIGHT,
+    3: _T.ROTATE_180,
+    4: _T.FLIP_TOP_BOTTOM,
+    5: _T.TRANSPOSE,
+    6: _T.ROTATE_270,
+    7: _T.TRANSVERSE,
+    8: _T.ROTATE_90,
+}  # fmt: skip (EXIF orientation → turn)
 CASE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
@@ -55,13 +79,19 @@ class Part:
 
 
 async def read_form(
-    request: Request, *, max_bytes: int, allowed: Collection[str], required: Collection[str] = ("image",)
+    request: Request,
+    *,
+    max_bytes: int,
+    allowed: Collection[str],
+    required: Collection[str] = ("image",),
+    pause_timeout: float | None = None,
 ) -> dict[str, Part]:
     """The fields of a ``multipart/form-data`` request body, read into memory.
 
     413 when the body is over ``max_bytes`` (checked on Content-Length before reading, and while
     reading); 415 when it is not multipart; 400 when it is malformed; 422 for a missing, unknown or
-    repeated field, or a text field over 4 KB.
+    repeated field, or a text field over 4 KB; 408 when the client sends nothing for
+    ``pause_timeout`` seconds in the middle of the body.
     """
     content_type = request.headers.get("content-type", "")
     kind, params = parse_options_header(content_type)
@@ -84,13 +114,21 @@ async def read_form(
     collector = _PartCollector()
     parser = MultipartParser(boundary, collector.callbacks())
     received = 0
+    loop = asyncio.get_running_loop()
     try:
-        async for chunk in request.stream():
-            received += len(chunk)
-            if received > max_bytes:
-                raise _too_large(max_bytes)
-            parser.write(chunk)
+        async with asyncio.timeout(pause_timeout) as pause:  # one timer, moved on after every chunk
+            async for chunk in request.stream():
+                if pause_timeout is not None:
+                    pause.reschedule(loop.time() + pause_timeout)
+                received += len(chunk)
+                if received > max_bytes:
+                    raise _too_large(max_bytes)
+                parser.write(chunk)
         parser.finalize()
+    except TimeoutError:
+        raise RequestError(
+            408, f"the upload stalled: nothing received for {pause_timeout:g} s", {"Connection": "close"}
+        ) from None
     except FormParserError as err:
         raise RequestError(400, f"the multipart/form-data body is malformed ({err})") from None
     except ClientDisconnect:
@@ -172,9 +210,55 @@ class _PartCollector:
         )
 
 
+class PixelBudget:
+    """The pixels being decoded at once in this process, at most ``pixels``: a decode that would go
+    over waits up to ``wait_s`` seconds for others to finish, then is refused (503, Retry-After)."""
+
+    def __init__(self, pixels: int, wait_s: float = 2.0) -> None:
+        self.pixels, self.wait_s = int(pixels), wait_s
+        self.in_use = 0
+        self.peak = 0  # the most pixels ever decoded at once (GET /healthz)
+        self.refused = 0
+        self._cond = threading.Condition()
+
+    @contextlib.contextmanager
+    def reserve(self, pixels: int) -> Iterator[None]:
+        pixels = min(int(pixels), self.pixels)  # one image of max_pixels always fits on its own
+        deadline = time.monotonic() + self.wait_s
+        with self._cond:
+            while self.in_use + pixels > self.pixels:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    self.refused += 1
+                    raise RequestError(
+                        503,
+                        f"the service is decoding {self.in_use / 1e6:.1f} megapixels of other uploads "
+                        "(its memory budget): try again shortly",
+                        {"Retry-After": "1"},
+                    )
+                self._cond.wait(remaining)
+            self.in_use += pixels
+            self.peak = max(self.peak, self.in_use)
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.in_use -= pixels
+                self._cond.notify_all()
+
+    def to_dict(self) -> dict[str, float]:
+        return {
+            "budget_megapixels": self.pixels / 1e6,
+            "in_use_megapixels": self.in_use / 1e6,
+            "peak_megapixels": self.peak / 1e6,
+            "refused": self.refused,
+        }
+
+
 @dataclass(frozen=True)
 class DecodedImage:
-    """An uploaded image, decoded: upright RGB pixels, the file's format and its stored size."""
+    """An uploaded image, decoded: upright RGB pixels (reduced when large: short edge at least
+    ``DRAFT_SHORT_EDGE``), the file's format and its stored size."""
 
     image: Image.Image
     format: str
@@ -187,18 +271,23 @@ class DecodedImage:
 
 
 def decode_image(
-    data: bytes, *, max_pixels: int, draft_short_edge: int | None = DRAFT_SHORT_EDGE
+    data: bytes,
+    *,
+    max_pixels: int,
+    draft_short_edge: int | None = DRAFT_SHORT_EDGE,
+    budget: PixelBudget | None = None,
 ) -> DecodedImage:
     """Decode untrusted image bytes to upright RGB; a :class:`RequestError` for anything unusable.
 
     - 422 empty upload; 415 not an image, or a format the service does not read (see ``FORMATS``);
     - 422 more than ``max_pixels`` pixels (checked on the header, before any pixel is decoded:
       a "decompression bomb" of a few KB that would expand to gigabytes never gets decoded);
-    - 422 truncated or corrupt data (Pillow refuses truncated files by default).
+    - 422 truncated or corrupt data (Pillow refuses truncated files by default);
+    - 503 when decoding it would take ``budget`` over its pixels for longer than its wait.
 
-    EXIF orientation is applied and any mode (grayscale, CMYK, palette, alpha) becomes RGB, as for
-    image files in ``rmnet.data.images.open_rgb``. JPEGs much larger than the network needs decode at
-    a reduced scale whose short edge stays at least ``draft_short_edge``.
+    EXIF orientation is applied and any mode becomes RGB (:func:`to_rgb`). An image whose short edge
+    is over ``draft_short_edge`` is reduced by an integer factor that keeps it at least that long:
+    JPEGs while decoding (libjpeg's DCT scaling), others right after, in their own mode.
     """
     if not data:
         raise RequestError(422, "the uploaded image is empty (0 bytes)")
@@ -231,19 +320,100 @@ def decode_image(
         if draft_short_edge and file_format in ("JPEG", "MPO") and min(width, height) > draft_short_edge:
             scale = draft_short_edge / min(width, height)
             image.draft("RGB", (max(1, round(width * scale)), max(1, round(height * scale))))
-        image.load()
-        ImageOps.exif_transpose(image, in_place=True)  # our own decoded copy: no need for another
-        rgb = image if image.mode == "RGB" else image.convert("RGB")
-        rgb.load()
-    except RequestError:
+        reserve = budget.reserve(image.width * image.height) if budget else contextlib.nullcontext()
+        with reserve:
+            try:
+                image.load()
+                orientation = image.getexif().get(ORIENTATION)
+                rgb = to_rgb(_reduce(image, draft_short_edge))
+                if orientation in TRANSPOSE:
+                    rgb = rgb.transpose(TRANSPOSE[orientation])
+                rgb.load()
+            except RequestError:
+                raise
+            except Exception as err:  # noqa: BLE001 - truncated, corrupt or hostile data: the upload's fault
+                raise RequestError(422, f"the image data is truncated or corrupt: {_reason(err)}") from None
+    except BaseException:
         image.close()
         raise
-    except Exception as err:  # noqa: BLE001 - truncated, corrupt or hostile data: the upload's fault
-        image.close()
-        raise RequestError(422, f"the image data is truncated or corrupt: {_reason(err)}") from None
     if rgb is not image:
-        image.close()
+        image.close()  # the full-size pixels go now, not when the garbage collector gets to them
+        if width * height >= TRIM_AFTER_PIXELS:
+            _return_freed_memory()
     return DecodedImage(rgb, file_format, width, height)
+
+
+def _reduce(image: Image.Image, short_edge: int | None) -> Image.Image:
+    """``image`` shrunk by the largest integer factor that keeps its short edge at least
+    ``short_edge`` (``image`` itself when it is not larger), in its own mode where Pillow can."""
+    factor = min(image.size) // short_edge if short_edge else 1
+    if factor < 2:
+        return image
+    if image.mode == "P":  # palette indices cannot be averaged
+        return image.resize((image.width // factor, image.height // factor), Image.Resampling.NEAREST)
+    if image.mode == "1" or image.mode.startswith(("I", "F")):
+        image = _to_8bit(image)
+    return image.reduce(factor)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any mode as RGB: 16-bit and 32-bit grey scaled by their bit depth (:func:`bit_depth`), never
+    clipped; transparent pixels composited onto white (``BACKGROUND``), as a browser shows them."""
+    if image.mode.startswith(("I", "F")):
+        image = _to_8bit(image)
+    transparent = image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in image.info
+    if transparent:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (*BACKGROUND, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def bit_depth(maximum: float) -> int:
+    """The bits a grey image's values need: 8, 10, 12, 14, 16, or 32 (its brightest pixel decides)."""
+    for bits in (8, 10, 12, 14, 16):
+        if maximum < 2**bits:
+            return bits
+    return 32
+
+
+def _to_8bit(image: Image.Image) -> Image.Image:
+    """A 1-bit, 16-bit ("I;16…"), 32-bit ("I") or float ("F") grey image as 8-bit "L".
+
+    Integers are scaled from their bit depth to 0…255 (a 16-bit value v becomes v·255/65535);
+    floats whose values are all within 0…1 are scaled by 255, others as integers.
+    """
+    if image.mode in ("1", "L"):
+        return image.convert("L")
+    pixels = np.asarray(image)
+    if image.mode == "F" and float(pixels.max(initial=0)) <= 1.0:
+        top = 1.0
+    else:
+        top = float(2 ** bit_depth(float(pixels.max(initial=0))) - 1)
+    out = np.empty(pixels.shape, np.uint8)
+    for start in range(0, len(pixels), 256):  # by bands of rows: no full-size float copy
+        rows = pixels[start : start + 256].astype(np.float32)
+        out[start : start + 256] = np.clip(np.rint(rows * (255.0 / top)), 0, 255)
+    return Image.fromarray(out, "L")
+
+
+def _return_freed_memory() -> None:
+    """Give freed heap memory back to the OS (glibc's ``malloc_trim``): without it a process keeps
+    the high-water mark of its decodes (hundreds of MB after a burst of large uploads)."""
+    global _LIBC
+    if _LIBC is None:
+        try:
+            import ctypes
+
+            _LIBC = ctypes.CDLL("libc.so.6")
+            _LIBC.malloc_trim  # noqa: B018 - glibc only
+        except (OSError, AttributeError):
+            _LIBC = False
+    if _LIBC:
+        _LIBC.malloc_trim(0)
+
+
+_LIBC = None
 
 
 def check_case_id(case_id: str) -> str:
