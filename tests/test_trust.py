@@ -313,10 +313,14 @@ def test_calibrate_command_refuses_a_missing_run_in_one_line(tmp_path):
     )
 
 
-def test_out_of_distribution_cutoffs_are_scores_seen_never_interpolated_below_the_largest():
+def test_out_of_distribution_cutoffs_never_undercut_a_small_validation_split():
     from rmnet.trust import cutoff
 
-    scores = np.arange(1.0, 97.0)  # 96 validation scores 1 … 96
-    assert cutoff(scores, 0.99667) == 96.0  # interpolation would give 95.68: more false alarms
-    assert cutoff(scores, 0.5) == 49.0  # index 47.5 rounded up to the 49th score
-    assert cutoff(np.array([3.0, 1.0, 2.0]), 0.9) == 3.0
+    # 96 scores 1 … 96: the normal tail (mean 48.5 + 2.7131 × SD 27.8568 = 124.08) is beyond the
+    # largest score seen; the interpolated quantile (95.68) would flag more new images.
+    assert cutoff(np.arange(1.0, 97.0), 0.99667) == pytest.approx(124.08, abs=0.01)
+    # A long right tail: the empirical quantile, a score seen, is the larger.
+    scores = np.r_[np.zeros(90), np.full(10, 100.0)]
+    assert cutoff(scores, 0.95) == 100.0
+    assert cutoff(np.array([3.0, 1.0, 2.0]), 0.5) == pytest.approx(2.0 + 0.0)  # median: a score seen
+    assert cutoff(np.array([5.0]), 0.99) == 5.0
