@@ -234,3 +234,29 @@ def test_an_expanded_group_weight_is_kept_only_while_the_weight_is_unchanged():
     fresh = narrow("gcnn", "8").eval()
     fresh.load_state_dict(model.state_dict())
     torch.testing.assert_close(_region_logits(fresh)(h), after)  # with gradients on: rebuilt each call
+
+
+def test_a_run_of_an_inserted_method_loads_back_for_evaluation(hub, tmp_path, lesion_root):
+    from rmnet.evaluate import evaluate_run
+    from rmnet.runs import Run
+
+    out = tmp_path / "run"
+    argv = ["train", "--data", str(lesion_root), "--out", str(out), "--recipe", "paper", "--method", "cycnn"]
+    argv += [
+        "--at",
+        "7-8",
+        "--image-size",
+        "32",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "--workers",
+        "0",
+        "--quiet",
+    ]
+    assert main(argv) == 0
+    model = Run(out).load_model()
+    assert isinstance(model, InsertedNet) and (model.method, model.at) == ("cycnn", "7-8")
+    report = evaluate_run(out, tsne=False, progress=False, sweep_step=90)
+    assert 0.0 <= report["classification"]["accuracy"] <= 1.0
