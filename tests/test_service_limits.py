@@ -25,12 +25,13 @@ import pytest
 from PIL import Image
 from test_service import copy_index, files, free_port, lesion, local_client, make_example, png
 
+from rmnet.data.images import bit_depth
 from rmnet.retrieval.index import CodeIndex
 from rmnet.service.access import RedactQuery, check_exposure, is_loopback
 from rmnet.service.app import build_service, create_app
 from rmnet.service.cases import CaseStore
 from rmnet.service.config import ServiceConfig
-from rmnet.service.uploads import PixelBudget, RequestError, bit_depth, decode_image
+from rmnet.service.uploads import PixelBudget, RequestError, decode_image
 
 KEY = "clinic-key-0123456789abcdef"
 

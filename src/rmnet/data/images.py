@@ -10,10 +10,12 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
 from PIL import Image, ImageOps
 
 SKIPPED_FILE = "skipped.json"  # in a cache folder and in a run folder: the images left out
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
+BACKGROUND = (255, 255, 255)  # transparent pixels are composited onto white
 
 
 class UnreadableImageError(OSError):
@@ -74,7 +76,8 @@ def is_image_file(path: str | os.PathLike) -> bool:
 
 
 def open_rgb(path: str | os.PathLike, min_short_edge: int | None = None) -> Image.Image:
-    """Decode ``path`` to RGB (grayscale, CMYK, palette and alpha converted), EXIF rotation applied.
+    """Decode ``path`` to RGB (:func:`to_rgb`: 16-bit grey by its bit depth, transparency on white),
+    EXIF rotation applied.
 
     ``min_short_edge`` lets a large JPEG decode at a reduced scale (libjpeg's DCT scaling: several
     times faster) while its short edge stays at least that long; the caller resizes exactly.
@@ -86,9 +89,50 @@ def open_rgb(path: str | os.PathLike, min_short_edge: int | None = None) -> Imag
                 image.draft("RGB", (math.ceil(image.width * scale), math.ceil(image.height * scale)))
             image.load()
             ImageOps.exif_transpose(image, in_place=True)
-            return image if image.mode == "RGB" else image.convert("RGB")  # pixels stay after the file closes
+            return to_rgb(image)  # a new image unless already RGB: pixels stay after the file closes
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
         raise UnreadableImageError(f"cannot read image {path}: {error}") from error
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any mode as RGB: 16-bit and 32-bit grey scaled by their bit depth (:func:`bit_depth`), never
+    clipped; transparent pixels composited onto white (``BACKGROUND``), as a browser shows them."""
+    if image.mode.startswith(("I", "F")):
+        image = to_8bit(image)
+    transparent = image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in image.info
+    if transparent:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (*BACKGROUND, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def bit_depth(maximum: float) -> int:
+    """The bits a grey image's values need: 8, 10, 12, 14, 16, or 32 (its brightest pixel decides)."""
+    for bits in (8, 10, 12, 14, 16):
+        if maximum < 2**bits:
+            return bits
+    return 32
+
+
+def to_8bit(image: Image.Image) -> Image.Image:
+    """A 1-bit, 16-bit ("I;16…"), 32-bit ("I") or float ("F") grey image as 8-bit "L".
+
+    Integers are scaled from their bit depth to 0…255 (a 16-bit value v becomes v·255/65535);
+    floats whose values are all within 0…1 are scaled by 255, others as integers.
+    """
+    if image.mode in ("1", "L"):
+        return image.convert("L")
+    pixels = np.asarray(image)
+    if image.mode == "F" and float(pixels.max(initial=0)) <= 1.0:
+        top = 1.0
+    else:
+        top = float(2 ** bit_depth(float(pixels.max(initial=0))) - 1)
+    out = np.empty(pixels.shape, np.uint8)
+    for start in range(0, len(pixels), 256):  # by bands of rows: no full-size float copy
+        rows = pixels[start : start + 256].astype(np.float32)
+        out[start : start + 256] = np.clip(np.rint(rows * (255.0 / top)), 0, 255)
+    return Image.fromarray(out, "L")
 
 
 def resize_short_edge(image: Image.Image, short_edge: int) -> Image.Image:

@@ -24,11 +24,12 @@ import time
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 
-import numpy as np
 from PIL import Image
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
+
+from rmnet.data.images import to_8bit, to_rgb
 
 # Formats the service decodes (JPEG includes MPO, as cameras write it). Pillow reads more (EPS, PSD,
 # ICO, ...); fewer decoders on untrusted bytes, fewer surprises.
@@ -38,7 +39,6 @@ EXTENSIONS = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "WEBP": ".webp", "BM
 MAX_PARTS = 8
 MAX_TEXT_FIELD_BYTES = 4096
 DRAFT_SHORT_EDGE = 1024  # large images are reduced (JPEGs while decoding) to a short edge not below this
-BACKGROUND = (255, 255, 255)  # transparent pixels are composited onto white
 TRIM_AFTER_PIXELS = 4_000_000  # after decoding an image this large, freed memory goes back to the OS
 ORIENTATION = 0x0112
 _T = Image.Transpose
@@ -352,49 +352,8 @@ def _reduce(image: Image.Image, short_edge: int | None) -> Image.Image:
     if image.mode == "P":  # palette indices cannot be averaged
         return image.resize((image.width // factor, image.height // factor), Image.Resampling.NEAREST)
     if image.mode == "1" or image.mode.startswith(("I", "F")):
-        image = _to_8bit(image)
+        image = to_8bit(image)
     return image.reduce(factor)
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Any mode as RGB: 16-bit and 32-bit grey scaled by their bit depth (:func:`bit_depth`), never
-    clipped; transparent pixels composited onto white (``BACKGROUND``), as a browser shows them."""
-    if image.mode.startswith(("I", "F")):
-        image = _to_8bit(image)
-    transparent = image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in image.info
-    if transparent:
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (*BACKGROUND, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return image if image.mode == "RGB" else image.convert("RGB")
-
-
-def bit_depth(maximum: float) -> int:
-    """The bits a grey image's values need: 8, 10, 12, 14, 16, or 32 (its brightest pixel decides)."""
-    for bits in (8, 10, 12, 14, 16):
-        if maximum < 2**bits:
-            return bits
-    return 32
-
-
-def _to_8bit(image: Image.Image) -> Image.Image:
-    """A 1-bit, 16-bit ("I;16…"), 32-bit ("I") or float ("F") grey image as 8-bit "L".
-
-    Integers are scaled from their bit depth to 0…255 (a 16-bit value v becomes v·255/65535);
-    floats whose values are all within 0…1 are scaled by 255, others as integers.
-    """
-    if image.mode in ("1", "L"):
-        return image.convert("L")
-    pixels = np.asarray(image)
-    if image.mode == "F" and float(pixels.max(initial=0)) <= 1.0:
-        top = 1.0
-    else:
-        top = float(2 ** bit_depth(float(pixels.max(initial=0))) - 1)
-    out = np.empty(pixels.shape, np.uint8)
-    for start in range(0, len(pixels), 256):  # by bands of rows: no full-size float copy
-        rows = pixels[start : start + 256].astype(np.float32)
-        out[start : start + 256] = np.clip(np.rint(rows * (255.0 / top)), 0, 255)
-    return Image.fromarray(out, "L")
 
 
 def _return_freed_memory() -> None:
