@@ -55,3 +55,30 @@ def test_a_second_call_skips_finished_runs_and_an_interrupted_run_resumes(smoke,
     out = capsys.readouterr().out
     assert "1 to run" in out
     assert run_state(run) == "finished"
+
+
+def test_a_missing_data_folder_is_one_clear_error_before_any_run(tmp_path, capsys):
+    out = tmp_path / "paper"
+    assert main(["reproduce", "--data", str(tmp_path / "nowhere"), "--out", str(out), "--smoke"]) == 1
+    assert "nowhere" in capsys.readouterr().err
+    assert not out.exists()  # nothing planned, run or written
+
+
+def test_failed_runs_make_the_command_fail_after_writing_the_tables(isic_root, tmp_path, capsys):
+    out = tmp_path / "paper"  # every run fails: --train-args gives train an option it refuses
+    argv = [
+        "reproduce",
+        "--data",
+        str(isic_root),
+        "--out",
+        str(out),
+        "--smoke",
+        "--seeds",
+        "0",
+        "--tables",
+        "3",
+    ]
+    assert main([*argv, "--train-args", "--optimizer rmsprop"]) == 1
+    err = capsys.readouterr().err
+    assert "runs failed" in err and "run the command again to retry them" in err
+    assert (out / "table3.md").is_file() and (out / "runs.csv").is_file()

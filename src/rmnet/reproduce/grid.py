@@ -80,7 +80,8 @@ def reproduce(
     train_args: Sequence[str] = (),
     log: Callable[[str], None] = print,
 ) -> Plan:
-    """Plan ``tables`` × ``seeds``; unless ``dry_run``, run every unfinished run and write the tables."""
+    """Plan ``tables`` × ``seeds``; unless ``dry_run``, run every unfinished run and write the tables
+    (ChildProcessError at the end, the tables written, when a run failed)."""
     from rmnet.reproduce import runner
 
     if executor not in EXECUTORS:
@@ -92,6 +93,9 @@ def reproduce(
         return plan
     if data is None:
         raise ValueError("rmnet reproduce needs --data (the ISIC 2019 folder), or --dry-run")
+    from rmnet.data import load_image_table
+
+    load_image_table(data)  # a missing or malformed data folder: one clear error, before any run starts
     data = str(Path(data).resolve())
     chosen = smoke_subset(plan) if smoke else set(plan.experiments)
     jobs = [make_job(e, s, data, out, smoke, train_args) for e, s in plan.runs() if e.key in chosen]
@@ -109,8 +113,14 @@ def reproduce(
             cluster = "local" if executor == "submitit-local" else None
             status = runner.submit(pending, out / "submitit", cluster=cluster, partition=partition, log=log)
         failed = sorted(name for name, code in status.items() if code != 0)
-        if failed:
-            log(f"{len(failed)} runs failed (run the command again to retry them): {', '.join(failed)}")
-    paths = write_tables(plan, out, smoke=smoke)
+    else:
+        failed = []
+    paths = write_tables(plan, out, smoke=smoke)  # what finished, also when some runs failed
     log(f"tables: {', '.join(str(p) for p in paths)}")
+    if failed:
+        raise ChildProcessError(
+            f"{len(failed)} runs failed (the errors are above; on GPUs each run's output is in the .log "
+            f"file beside its folder under {out / 'runs'}); run the command again to retry them: "
+            f"{', '.join(failed)}"
+        )
     return plan

@@ -123,8 +123,8 @@ def run_here(jobs: Sequence[Job], log: Callable[[str], None] = print) -> dict[st
         try:
             run_job(job)
             status[job.name] = 0
-        except Exception as err:  # noqa: BLE001 - one broken run must not stop the grid
-            log(f"FAILED: {job.name}: {err}")
+        except (Exception, SystemExit) as err:  # noqa: BLE001 - one broken run must not stop the grid
+            log(f"FAILED: {job.name}: {err}")  # (SystemExit: rmnet train refused its arguments)
             status[job.name] = 1
     return status
 
